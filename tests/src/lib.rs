@@ -1,0 +1,197 @@
+//! Test harness: clients for the moto stand-in, unique resources per test, and the built
+//! function binaries run as child processes (killed on drop).
+//!
+//! The tests need moto running (`scripts/test.sh` starts it) and find it through
+//! `DSYNC_MOTO_URL`; without it they fail with a message saying so, never pass silently.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const REGION: &str = "us-east-1";
+
+/// The moto endpoint the tests use.
+pub fn moto_url() -> String {
+    match std::env::var("DSYNC_MOTO_URL") {
+        Ok(u) if !u.is_empty() => u,
+        _ => panic!("DSYNC_MOTO_URL is not set: run the tests through scripts/test.sh, which starts moto"),
+    }
+}
+
+/// SDK config pointed at an endpoint with dummy credentials.
+pub async fn sdk_config_for(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .load()
+        .await
+}
+
+pub async fn sqs() -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(&sdk_config_for(&moto_url()).await)
+}
+
+pub async fn dynamodb() -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::new(&sdk_config_for(&moto_url()).await)
+}
+
+/// A name no other test (or earlier run against the same moto) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst),
+        nanos
+    )
+}
+
+/// Create a fresh standard queue and return its URL.
+pub async fn create_queue(client: &aws_sdk_sqs::Client, prefix: &str) -> String {
+    let out = client
+        .create_queue()
+        .queue_name(unique(prefix))
+        .send()
+        .await
+        .expect("create_queue on moto");
+    out.queue_url.expect("queue url")
+}
+
+/// Receive everything currently visible (short polls until one comes back empty).
+pub async fn drain(client: &aws_sdk_sqs::Client, queue_url: &str) -> Vec<aws_sdk_sqs::types::Message> {
+    let mut all = Vec::new();
+    loop {
+        let out = client
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .wait_time_seconds(0)
+            .send()
+            .await
+            .expect("receive_message");
+        let msgs = out.messages.unwrap_or_default();
+        if msgs.is_empty() {
+            return all;
+        }
+        for m in &msgs {
+            if let Some(h) = &m.receipt_handle {
+                client
+                    .delete_message()
+                    .queue_url(queue_url)
+                    .receipt_handle(h)
+                    .send()
+                    .await
+                    .expect("delete");
+            }
+        }
+        all.extend(msgs);
+    }
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Path of a binary built by `cargo test --workspace` (same target dir as this test).
+pub fn built_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test>  ->  target/<profile>/<name>
+    let dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo test --workspace` (scripts/test.sh)",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed when dropped.
+pub struct ChildGuard {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ChildGuard {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start the receiver binary in local mode with the given extra environment, wait until it answers.
+pub fn spawn_receiver(endpoint: &str, env: &[(&str, &str)]) -> ChildGuard {
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut cmd = Command::new(built_binary("webhook-receiver"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LISTEN_ADDR", addr.to_string())
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_REGION", REGION)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("spawn webhook-receiver");
+    let guard = ChildGuard { child, addr };
+    wait_for_http(&guard.url("/healthz"), Duration::from_secs(10));
+    guard
+}
+
+/// Poll a URL until it answers 200.
+pub fn wait_for_http(url: &str, within: Duration) {
+    let start = Instant::now();
+    while !get_is_ok(url) {
+        assert!(start.elapsed() < within, "{url} did not answer within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A tiny synchronous `GET` over std::net (the harness needs no blocking HTTP client).
+fn get_is_ok(url: &str) -> bool {
+    use std::io::{Read, Write};
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let (host, path) = match rest.split_once('/') {
+        Some((h, p)) => (h, format!("/{p}")),
+        None => (rest, "/".to_string()),
+    };
+    let Ok(mut s) = std::net::TcpStream::connect(host) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.1 200")
+}
