@@ -70,3 +70,22 @@ pub fn check_http_url(name: &'static str, url: &str) -> Result<(), ConfigError> 
     }
     Ok(())
 }
+
+/// A configuration value that must never be printed (an API key). `Debug` shows `[REDACTED]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(value: impl Into<String>) -> Self {
+        SecretString(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}

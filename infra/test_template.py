@@ -1,0 +1,746 @@
+"""Policy checks for infra/template.yaml, on the raw SAM template and on its SAM-expanded form.
+
+Run:  pytest infra/test_template.py        (or)   python infra/test_template.py
+Needs pyyaml, and cfn-lint + aws-sam-cli (samtranslator) for the expansion: scripts/infra-tools.sh.
+INFRA_TEMPLATE overrides the template path; INFRA_EXPANDED points at a pre-expanded JSON
+(otherwise the template is expanded in-process with sam_expand.expand).
+
+IAM rules (identity policies: AWS::IAM::Role inline Policies, AWS::IAM::Policy/ManagedPolicy,
+AWS::Serverless::Function Policies):
+  * no Action containing "*", no NotAction / NotResource;
+  * no Resource containing "*", except the documented log-stream suffix: a statement whose
+    actions are only logs:CreateLogStream / logs:PutLogEvents may end its resource in ":*"
+    after one named log group (arn:...:log-group:<name>:* or ...:log-group:<name>:log-stream:*);
+  * no ManagedPolicyArns and no SAM policy templates / named policies (opaque to this check);
+  * no AWS::Serverless::Function without an explicit Role (SAM would attach the managed
+    AWSLambdaBasicExecutionRole, whose statements use Resource "*");
+  * webhook-receiver: sqs:SendMessage on the events queue plus writes to its own log group, nothing else;
+  * event-processor: the listed DynamoDB actions on the two tables (+ gsi1 for Query), the SQS
+    event-source actions on the events queue, writes to its own log group, nothing else.
+"""
+import copy
+import functools
+import json
+import os
+import re
+import sys
+import tempfile
+
+import yaml
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TEMPLATE = os.environ.get("INFRA_TEMPLATE", os.path.join(HERE, "template.yaml"))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+RECEIVER_BIN = "webhook-receiver"
+PROCESSOR_BIN = "event-processor"
+
+LOG_ACTIONS = {"logs:CreateLogStream", "logs:PutLogEvents"}
+RECEIVER_ACTIONS = {"sqs:SendMessage"} | LOG_ACTIONS
+DDB_ACTIONS = {
+    "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
+    "dynamodb:Query", "dynamodb:BatchWriteItem", "dynamodb:BatchGetItem", "dynamodb:ConditionCheckItem",
+}
+SQS_CONSUMER_ACTIONS = {
+    "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility",
+}
+PROCESSOR_ACTIONS = DDB_ACTIONS | SQS_CONSUMER_ACTIONS | LOG_ACTIONS
+
+# The one documented wildcard: the log-stream suffix of a single, named log group.
+LOG_STREAM_RE = re.compile(
+    r"arn:(\$\{AWS::Partition\}|aws[a-z-]*):logs:(\$\{AWS::Region\}|[a-z0-9-]+):"
+    r"(\$\{AWS::AccountId\}|\d{12}):log-group:[^*:]+:(log-stream:)?\*"
+)
+
+SECRET_ENV_RE = re.compile(r"SECRET|API_KEY|PASSWORD|PRIVATE_KEY|CREDENTIAL|TOKEN")
+# WEBHOOK_PATH_TOKEN is not a credential: it is part of the webhook URL (shown in the WebhookUrl
+# output and configured in the WorkOS dashboard); the HMAC signature secret is the credential.
+# SECRETS_REVISION is a plain counter that forces CloudFormation to re-resolve the secrets.
+NOT_SECRET_ENV = {"WEBHOOK_PATH_TOKEN", "SECRETS_REVISION"}
+SECRET_ENV_REQUIRED = {"WORKOS_WEBHOOK_SECRET", "WORKOS_API_KEY"}
+RESOLVE_RE = re.compile(r"\{\{resolve:secretsmanager:(?:[^{}]|\$\{[A-Za-z0-9:._-]+\})+:SecretString(?::[^{}]*)?\}\}")
+
+RECEIVER_ENV = {"EVENTS_QUEUE_URL", "WORKOS_WEBHOOK_SECRET", "WORKOS_SIGNATURE_TOLERANCE_SECS",
+                "WEBHOOK_PATH_TOKEN", "WORKOS_ALLOWED_IPS"}
+PROCESSOR_ENV = {"EVENTS_TABLE", "STATE_TABLE", "WORKOS_API_KEY", "WORKOS_API_BASE_URL",
+                 "ENTITLEMENT_RULES", "CLAIM_TTL_DAYS"}
+
+SHORT_TAG_RE = re.compile(
+    r"(^|[\s\[,:-])!(Ref|GetAtt|Sub|If|Join|Select|Split|Equals|Not|And|Or|FindInMap|Base64|Cidr|"
+    r"ImportValue|GetAZs|Condition|Transform|Contains|EachMemberEquals|EachMemberIn|ValueOf|"
+    r"ValueOfAll|RefAll|Length|ToJsonString)\b",
+    re.M,
+)
+
+
+# ----------------------------------------------------------------------------- helpers
+def as_list(x):
+    if x is None:
+        return []
+    return x if isinstance(x, list) else [x]
+
+
+def strings_of(v):
+    """All strings an intrinsic-bearing value may render to, with Ref/GetAtt kept as ${...}."""
+    if isinstance(v, str):
+        return [v]
+    if isinstance(v, (int, float, bool)):
+        return [str(v)]
+    if isinstance(v, list):
+        return [s for item in v for s in strings_of(item)]
+    if isinstance(v, dict) and len(v) == 1:
+        (k, a), = v.items()
+        if k == "Ref":
+            return ["${%s}" % a]
+        if k == "Fn::GetAtt":
+            return ["${%s}" % ".".join(as_list(a) if isinstance(a, list) else [a])]
+        if k == "Fn::Sub":
+            if isinstance(a, list):
+                out = [a[0]]
+                for vv in (a[1] if len(a) > 1 else {}).values():
+                    out += strings_of(vv)
+                return out
+            return [a]
+        if k == "Fn::Join":
+            parts = [strings_of(p) for p in a[1]]
+            return [a[0].join(p[0] if p else "" for p in parts)] + [s for p in parts for s in p[1:]]
+        if k == "Fn::If":
+            return strings_of(a[1]) + strings_of(a[2])
+    if isinstance(v, dict):
+        return [s for vv in v.values() for s in strings_of(vv)]
+    return [json.dumps(v, default=str)]
+
+
+def ref_target(v):
+    """Logical id of a {Ref: X} / {Fn::GetAtt: [X, attr]} value, else None."""
+    if isinstance(v, dict) and len(v) == 1:
+        (k, a), = v.items()
+        if k == "Ref" and isinstance(a, str):
+            return a
+        if k == "Fn::GetAtt":
+            if isinstance(a, str):
+                return a.split(".")[0]
+            return a[0]
+    return None
+
+
+def param_default(tpl, name):
+    return tpl.get("Parameters", {}).get(name, {}).get("Default")
+
+
+def resources(tpl, *types):
+    return {k: r for k, r in tpl.get("Resources", {}).items() if not types or r.get("Type") in types}
+
+
+FUNCTION_TYPES = ("AWS::Serverless::Function", "AWS::Lambda::Function")
+
+
+def function_by_bin(tpl, binary):
+    for lid, r in resources(tpl, *FUNCTION_TYPES).items():
+        if r.get("Metadata", {}).get("BuildProperties", {}).get("Binary") == binary:
+            return lid, r
+    return None, None
+
+
+# ----------------------------------------------------------------------------- IAM
+def collect_iam(tpl):
+    """Returns (problems, statements_by_role) for every identity policy in the template."""
+    problems = []
+    by_role = {}  # role logical id -> [statement]
+    res = tpl.get("Resources", {})
+
+    def add(role, where, doc):
+        stmts = as_list((doc or {}).get("Statement"))
+        if not stmts:
+            problems.append(f"{where}: policy document without statements")
+        for st in stmts:
+            problems.extend(check_statement(where, st))
+            if role:
+                by_role.setdefault(role, []).append(st)
+
+    for lid, r in res.items():
+        t, p = r.get("Type"), r.get("Properties", {}) or {}
+        if t == "AWS::IAM::Role":
+            by_role.setdefault(lid, [])
+            if p.get("ManagedPolicyArns"):
+                problems.append(f"{lid}: ManagedPolicyArns {p['ManagedPolicyArns']} (managed policies are not allowed; write inline statements)")
+            for pol in as_list(p.get("Policies")):
+                add(lid, f"{lid}/{pol.get('PolicyName')}", pol.get("PolicyDocument"))
+        elif t in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+            roles = [ref_target(x) for x in as_list(p.get("Roles"))]
+            if p.get("Users") or p.get("Groups"):
+                problems.append(f"{lid}: policy attached to users/groups")
+            for role in roles or [None]:
+                add(role, lid, p.get("PolicyDocument"))
+        elif t == "AWS::Serverless::Function":
+            if not p.get("Role"):
+                problems.append(f"{lid}: AWS::Serverless::Function without an explicit Role "
+                                "(SAM attaches the managed AWSLambdaBasicExecutionRole, Resource '*')")
+            for pol in as_list(p.get("Policies")):
+                if isinstance(pol, dict) and "Statement" in pol:
+                    add(ref_target(p.get("Role")) or f"{lid}Role", f"{lid}/Policies", pol)
+                else:
+                    problems.append(f"{lid}: Policies entry {json.dumps(pol, default=str)} is a managed policy or SAM "
+                                    "policy template, opaque to this check; write inline statements")
+    return problems, by_role
+
+
+def check_statement(where, st):
+    problems = []
+    sid = st.get("Sid", "?")
+    w = f"{where}[{sid}]"
+    for bad in ("NotAction", "NotResource", "NotPrincipal"):
+        if bad in st:
+            problems.append(f"{w}: uses {bad}")
+    actions = [a for v in as_list(st.get("Action")) for a in strings_of(v)]
+    if not actions:
+        problems.append(f"{w}: no Action")
+    for a in actions:
+        if "*" in a:
+            problems.append(f"{w}: wildcard Action {a!r}")
+    if "Resource" not in st:
+        problems.append(f"{w}: no Resource")
+    for s in (s for v in as_list(st.get("Resource")) for s in strings_of(v)):
+        if "*" not in s:
+            continue
+        if LOG_STREAM_RE.fullmatch(s) and actions and set(actions) <= LOG_ACTIONS:
+            continue  # documented log-stream suffix of one named log group
+        problems.append(f"{w}: wildcard Resource {s!r}")
+    return problems
+
+
+def role_of(fn):
+    return ref_target((fn.get("Properties") or {}).get("Role"))
+
+
+def check_function_permissions(tpl, by_role):
+    problems = []
+    res = tpl.get("Resources", {})
+    queue_ids = [k for k, r in res.items() if r.get("Type") == "AWS::SQS::Queue"]
+    rid, rfn = function_by_bin(tpl, RECEIVER_BIN)
+    pid, pfn = function_by_bin(tpl, PROCESSOR_BIN)
+    if not rfn or not pfn:
+        return [f"functions for bins {RECEIVER_BIN}/{PROCESSOR_BIN} not found"]
+    rrole, prole = role_of(rfn), role_of(pfn)
+    if not rrole or not prole or rrole == prole:
+        return [f"receiver and processor need their own explicit roles (got {rrole}, {prole})"]
+    for lid, fn in resources(tpl, *FUNCTION_TYPES).items():
+        if lid not in (rid, pid) and role_of(fn) in (rrole, prole):
+            problems.append(f"{lid} shares a role with the receiver/processor")
+
+    def own_log_group(fn):
+        return ref_target(((fn.get("Properties") or {}).get("LoggingConfig") or {}).get("LogGroup"))
+
+    def stmt_parts(st):
+        acts = {a for v in as_list(st.get("Action")) for a in strings_of(v)}
+        ress = [s for v in as_list(st.get("Resource")) for s in strings_of(v)]
+        return acts, ress
+
+    # --- receiver
+    queue_ref = ref_target(rfn["Properties"].get("Environment", {}).get("Variables", {}).get("EVENTS_QUEUE_URL"))
+    rlog = own_log_group(rfn)
+    ractions = set()
+    for st in by_role.get(rrole, []):
+        acts, ress = stmt_parts(st)
+        ractions |= acts
+        if st.get("Effect") != "Allow":
+            continue
+        if acts & {"sqs:SendMessage"}:
+            if ress != ["${%s.Arn}" % queue_ref]:
+                problems.append(f"receiver sqs:SendMessage resources {ress} != the events queue {queue_ref}")
+        if acts & LOG_ACTIONS:
+            if not ress or any("${%s}" % rlog not in s and "${%s.Arn}" % rlog != s for s in ress):
+                problems.append(f"receiver log statement resources {ress} are not its own log group {rlog}")
+        if acts & RECEIVER_ACTIONS and not (acts <= {"sqs:SendMessage"} or acts <= LOG_ACTIONS):
+            problems.append(f"receiver statement mixes SQS and log actions: {sorted(acts)}")
+    if "sqs:SendMessage" not in ractions:
+        problems.append("receiver role lacks sqs:SendMessage")
+    if ractions - RECEIVER_ACTIONS:
+        problems.append(f"receiver role has actions beyond sqs:SendMessage + logs: {sorted(ractions - RECEIVER_ACTIONS)}")
+
+    # --- processor
+    env = pfn["Properties"].get("Environment", {}).get("Variables", {})
+    tables = {ref_target(env.get("EVENTS_TABLE")), ref_target(env.get("STATE_TABLE"))}
+    plog = own_log_group(pfn)
+    sqs_sources = {ref_target(e.get("Properties", {}).get("Queue"))
+                   for e in (pfn["Properties"].get("Events") or {}).values() if e.get("Type") == "SQS"}
+    for esm in resources(tpl, "AWS::Lambda::EventSourceMapping").values():
+        if ref_target(esm["Properties"].get("FunctionName")) == pid:
+            sqs_sources.add(ref_target(esm["Properties"].get("EventSourceArn")))
+    sqs_sources.discard(None)
+    allowed_ddb = {"${%s.Arn}" % t for t in tables} | {"${%s.Arn}/index/gsi1" % t for t in tables}
+    pactions = set()
+    for st in by_role.get(prole, []):
+        acts, ress = stmt_parts(st)
+        pactions |= acts
+        if st.get("Effect") != "Allow":
+            continue
+        if acts & DDB_ACTIONS:
+            for s in ress:
+                if s not in allowed_ddb:
+                    problems.append(f"processor DynamoDB resource {s!r} is not one of the two tables / gsi1")
+                if "/index/" in s and acts != {"dynamodb:Query"}:
+                    problems.append(f"processor index resource {s!r} granted more than dynamodb:Query")
+        if acts & SQS_CONSUMER_ACTIONS:
+            if not ress or any(s not in {"${%s.Arn}" % q for q in sqs_sources & set(queue_ids)} for s in ress):
+                problems.append(f"processor SQS resources {ress} are not its event source queue {sorted(sqs_sources)}")
+        if acts & LOG_ACTIONS:
+            if not ress or any("${%s}" % plog not in s and "${%s.Arn}" % plog != s for s in ress):
+                problems.append(f"processor log statement resources {ress} are not its own log group {plog}")
+        kinds = [acts & DDB_ACTIONS, acts & SQS_CONSUMER_ACTIONS, acts & LOG_ACTIONS]
+        if sum(1 for k in kinds if k) > 1:
+            problems.append(f"processor statement mixes services: {sorted(acts)}")
+    if pactions - PROCESSOR_ACTIONS:
+        problems.append(f"processor role has unexpected actions: {sorted(pactions - PROCESSOR_ACTIONS)}")
+    missing = PROCESSOR_ACTIONS - pactions
+    if missing:
+        problems.append(f"processor role lacks: {sorted(missing)}")
+    return problems
+
+
+def check_iam(tpl):
+    problems, by_role = collect_iam(tpl)
+    return problems + check_function_permissions(tpl, by_role)
+
+
+# ----------------------------------------------------------------------------- other checks
+def check_text(text):
+    return [f"short-form intrinsic tag at line {text.count(chr(10), 0, m.start()) + 1}: {m.group(0).strip()}"
+            for m in SHORT_TAG_RE.finditer(text)]
+
+
+def check_secrets(tpl):
+    problems = []
+    for lid, fn in resources(tpl, *FUNCTION_TYPES).items():
+        env = ((fn.get("Properties") or {}).get("Environment") or {}).get("Variables") or {}
+        for name, val in env.items():
+            if name in NOT_SECRET_ENV or not (SECRET_ENV_RE.search(name) or name in SECRET_ENV_REQUIRED):
+                continue
+            ok = (isinstance(val, str) and RESOLVE_RE.fullmatch(val)) or (
+                isinstance(val, dict) and set(val) == {"Fn::Sub"} and RESOLVE_RE.fullmatch(strings_of(val)[0]))
+            if not ok:
+                problems.append(f"{lid}: env {name} is not a {{{{resolve:secretsmanager:...}}}} reference: {val!r}")
+    for name, p in tpl.get("Parameters", {}).items():
+        if re.search(r"secret|apikey|api_key|password", name, re.I) and not name.endswith("Name") \
+                and name != "SecretsRevision":
+            problems.append(f"parameter {name} looks like it carries a secret value; pass a secret *name*")
+    return problems
+
+
+def check_lambda_settings(tpl, raw):
+    problems = []
+    params = tpl.get("Parameters", {})
+    arch = params.get("Architecture", {})
+    if arch.get("Default") != "arm64" or set(arch.get("AllowedValues", [])) != {"arm64", "x86_64"}:
+        problems.append("Architecture parameter must default to arm64 and allow x86_64")
+    for binary, tparam, tdefault, env_keys in ((RECEIVER_BIN, "ReceiverTimeout", 4, RECEIVER_ENV),
+                                               (PROCESSOR_BIN, "ProcessorTimeout", 60, PROCESSOR_ENV)):
+        lid, fn = function_by_bin(tpl, binary)
+        if not fn:
+            problems.append(f"no function with BuildProperties.Binary {binary}")
+            continue
+        p = fn.get("Properties", {})
+        if p.get("Runtime") != "provided.al2023":
+            problems.append(f"{lid}: Runtime {p.get('Runtime')}")
+        if p.get("Handler") != "bootstrap":
+            problems.append(f"{lid}: Handler {p.get('Handler')}")
+        if p.get("Architectures") != [{"Ref": "Architecture"}]:
+            problems.append(f"{lid}: Architectures must be [Ref Architecture]")
+        if fn.get("Metadata", {}).get("BuildMethod") != "rust-cargolambda":
+            problems.append(f"{lid}: Metadata.BuildMethod must be rust-cargolambda")
+        if raw:
+            if p.get("CodeUri") != "../":
+                problems.append(f"{lid}: CodeUri must be ../ (the cargo workspace root, relative to infra/)")
+            manifest = os.path.join(REPO, "functions", binary, "Cargo.toml")
+            if os.path.exists(manifest) and f'name = "{binary}"' not in open(manifest).read():
+                problems.append(f"{manifest} declares no bin/package named {binary}")
+        if p.get("Timeout") != {"Ref": tparam} or param_default(tpl, tparam) != tdefault:
+            problems.append(f"{lid}: Timeout must be Ref {tparam} with default {tdefault}")
+        if p.get("MemorySize", {}).get("Ref") not in params:
+            problems.append(f"{lid}: MemorySize must be a parameter")
+        lc = p.get("LoggingConfig", {})
+        if lc.get("LogFormat") != "JSON":
+            problems.append(f"{lid}: LoggingConfig.LogFormat must be JSON")
+        lg = tpl["Resources"].get(ref_target(lc.get("LogGroup")) or "", {})
+        if lg.get("Type") != "AWS::Logs::LogGroup" or lg["Properties"].get("RetentionInDays") != {"Ref": "LogRetentionDays"}:
+            problems.append(f"{lid}: LoggingConfig.LogGroup must be an explicit log group with RetentionInDays Ref LogRetentionDays")
+        env = set((p.get("Environment") or {}).get("Variables") or {})
+        if env_keys - env:
+            problems.append(f"{lid}: missing env {sorted(env_keys - env)}")
+    if param_default(tpl, "ReceiverTimeout") is not None and not param_default(tpl, "ReceiverTimeout") < 5:
+        problems.append("receiver timeout default must stay under WorkOS's 5 s")
+    if param_default(tpl, "LogRetentionDays") != 30:
+        problems.append("LogRetentionDays default must be 30")
+    return problems
+
+
+def check_queue(tpl, raw):
+    problems = []
+    res = tpl["Resources"]
+    params = tpl.get("Parameters", {})
+    pid, pfn = function_by_bin(tpl, PROCESSOR_BIN)
+    _, rfn = function_by_bin(tpl, RECEIVER_BIN)
+    queue_id = ref_target((rfn or {}).get("Properties", {}).get("Environment", {}).get("Variables", {})
+                          .get("EVENTS_QUEUE_URL")) or "(receiver EVENTS_QUEUE_URL)"
+    q = res.get(queue_id, {}).get("Properties", {})
+    dlq_id = ref_target(q.get("RedrivePolicy", {}).get("deadLetterTargetArn"))
+    dlq = res.get(dlq_id or "", {}).get("Properties", {})
+    for name, props in ((queue_id, q), (dlq_id, dlq)):
+        if props.get("SqsManagedSseEnabled") is not True:
+            problems.append(f"queue {name}: SqsManagedSseEnabled must be true")
+    if dlq.get("MessageRetentionPeriod") != 1209600:
+        problems.append("DLQ MessageRetentionPeriod must be 1209600 (14 days)")
+    mrc = q.get("RedrivePolicy", {}).get("maxReceiveCount")
+    if ref_target(mrc) not in params or param_default(tpl, ref_target(mrc)) != 5:
+        problems.append("RedrivePolicy.maxReceiveCount must be a parameter defaulting to 5")
+    # visibility >= 6 x processor timeout, on the defaults and for every allowed pair (Rules table)
+    vis_param = ref_target(q.get("VisibilityTimeout"))
+    t_param = ref_target((pfn or {}).get("Properties", {}).get("Timeout"))
+    vis_default, t_default = param_default(tpl, vis_param), param_default(tpl, t_param)
+    if vis_default is None or t_default is None or vis_default < 6 * t_default:
+        problems.append(f"queue VisibilityTimeout default {vis_default} < 6 x processor timeout default {t_default}")
+    if raw and vis_param and t_param:
+        problems.extend(check_visibility_rule(tpl, vis_param, t_param))
+    # the SQS event source
+    evs = [e for e in ((pfn or {}).get("Properties", {}).get("Events") or {}).values() if e.get("Type") == "SQS"]
+    esms = [r["Properties"] for r in resources(tpl, "AWS::Lambda::EventSourceMapping").values()
+            if ref_target(r["Properties"].get("FunctionName")) == pid]
+    sources = [e["Properties"] for e in evs] if raw else esms
+    if len(sources) != 1:
+        problems.append(f"expected one SQS event source on the processor, found {len(sources)}")
+    for s in sources:
+        if ref_target(s.get("Queue") or s.get("EventSourceArn")) != queue_id:
+            problems.append("processor event source is not the events queue")
+        if "ReportBatchItemFailures" not in as_list(s.get("FunctionResponseTypes")):
+            problems.append("processor SQS event lacks FunctionResponseTypes [ReportBatchItemFailures]")
+        for key, default in (("BatchSize", 10), ("MaximumBatchingWindowInSeconds", 1)):
+            if param_default(tpl, ref_target(s.get(key))) != default:
+                problems.append(f"processor SQS event {key} must be a parameter defaulting to {default}")
+        mc = ref_target((s.get("ScalingConfig") or {}).get("MaximumConcurrency"))
+        if param_default(tpl, mc) != 2 or params.get(mc, {}).get("MinValue", 0) < 2:
+            problems.append("ScalingConfig.MaximumConcurrency must be a parameter, default 2, MinValue 2")
+    return problems
+
+
+def check_visibility_rule(tpl, vis_param, t_param):
+    """Rules must map each allowed processor timeout to exactly the allowed visibility values >= 6x."""
+    problems = []
+    params = tpl["Parameters"]
+    t_allowed = params[t_param].get("AllowedValues")
+    v_allowed = params[vis_param].get("AllowedValues")
+    if not t_allowed or not v_allowed:
+        return [f"{t_param}/{vis_param} need AllowedValues for the visibility Rule"]
+    found = {}
+    for rule in (tpl.get("Rules") or {}).values():
+        for a in rule.get("Assertions", []):
+            parts = a.get("Assert", {}).get("Fn::Or", [])
+            if len(parts) != 2:
+                continue
+            eq = parts[0].get("Fn::Not", [{}])[0].get("Fn::Equals", [])
+            contains = parts[1].get("Fn::Contains", [])
+            if eq[:1] == [{"Ref": t_param}] and contains[1:] == [{"Ref": vis_param}]:
+                found[int(eq[1])] = sorted(int(x) for x in contains[0])
+    for t in t_allowed:
+        want = sorted(v for v in v_allowed if v >= 6 * t)
+        if found.get(t) != want:
+            problems.append(f"Rules: for {t_param}={t} the allowed {vis_param} must be {want}, found {found.get(t)}")
+    return problems
+
+
+def check_tables(tpl):
+    problems = []
+    pid, pfn = function_by_bin(tpl, PROCESSOR_BIN)
+    env = (pfn or {}).get("Properties", {}).get("Environment", {}).get("Variables", {})
+    events = tpl["Resources"].get(ref_target(env.get("EVENTS_TABLE")) or "", {}).get("Properties")
+    state = tpl["Resources"].get(ref_target(env.get("STATE_TABLE")) or "", {}).get("Properties")
+    if not events or not state:
+        return ["EVENTS_TABLE / STATE_TABLE must Ref the two tables"]
+
+    def keys(ks):
+        return [(k["AttributeName"], k["KeyType"]) for k in ks]
+
+    def attrs(t):
+        return {a["AttributeName"]: a["AttributeType"] for a in t.get("AttributeDefinitions", [])}
+
+    if keys(events.get("KeySchema", [])) != [("event_id", "HASH")] or attrs(events) != {"event_id": "S"}:
+        problems.append("EventsTable key schema must be HASH event_id (S)")
+    ttl = events.get("TimeToLiveSpecification", {})
+    if ttl != {"AttributeName": "expires_at", "Enabled": True}:
+        problems.append(f"EventsTable TTL must be enabled on expires_at, got {ttl}")
+    if keys(state.get("KeySchema", [])) != [("pk", "HASH"), ("sk", "RANGE")]:
+        problems.append("StateTable key schema must be HASH pk, RANGE sk")
+    if attrs(state) != {"pk": "S", "sk": "S", "gsi1pk": "S", "gsi1sk": "S"}:
+        problems.append(f"StateTable attribute definitions wrong: {attrs(state)}")
+    gsis = state.get("GlobalSecondaryIndexes", [])
+    if len(gsis) != 1 or gsis[0].get("IndexName") != "gsi1" \
+            or keys(gsis[0].get("KeySchema", [])) != [("gsi1pk", "HASH"), ("gsi1sk", "RANGE")] \
+            or gsis[0].get("Projection") != {"ProjectionType": "ALL"}:
+        problems.append("StateTable needs exactly one GSI gsi1 (HASH gsi1pk, RANGE gsi1sk, projection ALL)")
+    for name, t in (("EventsTable", events), ("StateTable", state)):
+        if t.get("BillingMode") != "PAY_PER_REQUEST":
+            problems.append(f"{name}: BillingMode must be PAY_PER_REQUEST")
+        if t.get("SSESpecification", {}).get("SSEEnabled") is not True:
+            problems.append(f"{name}: SSE must be enabled")
+        if t.get("PointInTimeRecoverySpecification", {}).get("PointInTimeRecoveryEnabled") is not True:
+            problems.append(f"{name}: point-in-time recovery must be enabled")
+    return problems
+
+
+def check_api_and_alarms(tpl):
+    problems = []
+    res = tpl["Resources"]
+    routes = [r["Properties"] for r in resources(tpl, "AWS::ApiGatewayV2::Route").values()]
+    want = {"Fn::If": ["HasPathToken", "POST /webhooks/workos/{token}", "POST /webhooks/workos"]}
+    if [r.get("RouteKey") for r in routes] != [want]:
+        problems.append(f"expected one route with RouteKey {want}")
+    cond = json.dumps(tpl.get("Conditions", {}).get("HasPathToken"))
+    if '"Ref": "WebhookPathToken"' not in cond or "Fn::Not" not in cond:
+        problems.append("Condition HasPathToken must test WebhookPathToken != ''")
+    stages = [r["Properties"] for r in resources(tpl, "AWS::ApiGatewayV2::Stage").values()]
+    if not stages or not all(s.get("AccessLogSettings", {}).get("DestinationArn") and
+                             s.get("DefaultRouteSettings", {}).get("ThrottlingRateLimit") and
+                             s.get("DefaultRouteSettings", {}).get("ThrottlingBurstLimit") for s in stages):
+        problems.append("HTTP API stage needs access logging and default throttling")
+    rid, _ = function_by_bin(tpl, RECEIVER_BIN)
+    _, rfn = function_by_bin(tpl, RECEIVER_BIN)
+    rlog = ref_target(((rfn or {}).get("Properties", {}).get("LoggingConfig") or {}).get("LogGroup"))
+    filters = [r["Properties"] for r in resources(tpl, "AWS::Logs::MetricFilter").values()
+               if ref_target(r["Properties"].get("LogGroupName")) == rlog]
+    if not any(f.get("FilterPattern") == '{ $.fields.outcome = "rejected" }' for f in filters):
+        problems.append("metric filter { $.fields.outcome = \"rejected\" } on the receiver log group missing")
+    alarms = [r["Properties"] for r in resources(tpl, "AWS::CloudWatch::Alarm").values()]
+
+    def has_alarm(metric, ns=None, threshold=None):
+        return any(a.get("MetricName") == metric and (ns is None or a.get("Namespace") == ns)
+                   and (threshold is None or a.get("Threshold") == threshold) for a in alarms)
+
+    if not has_alarm("ApproximateNumberOfMessagesVisible", "AWS/SQS", 0):
+        problems.append("DLQ depth alarm missing")
+    if not has_alarm("ApproximateAgeOfOldestMessage", "AWS/SQS") or param_default(tpl, "QueueAgeAlarmSeconds") != 600:
+        problems.append("queue age alarm (parameter default 600 s) missing")
+    if not any(a.get("MetricName") == "Errors" and a.get("Period") == 300 and a.get("Threshold") == 0 and
+               ref_target(a.get("Dimensions", [{}])[0].get("Value")) == function_by_bin(tpl, PROCESSOR_BIN)[0]
+               for a in alarms):
+        problems.append("processor Errors > 0 over 5 minutes alarm missing")
+    if not any(a.get("MetricName") in {f["MetricTransformations"][0]["MetricName"] for f in filters} for a in alarms):
+        problems.append("alarm on the rejected-webhook metric missing")
+    for a in alarms:
+        if a.get("AlarmActions") != {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}:
+            problems.append(f"alarm {a.get('MetricName')} must use the optional AlarmTopicArn (Condition HasAlarmTopic)")
+    for out in ("WebhookUrl", "QueueUrl", "DlqUrl", "EventsTableName", "StateTableName"):
+        if out not in tpl.get("Outputs", {}):
+            problems.append(f"output {out} missing")
+    return problems
+
+
+def check_template(tpl, text=None):
+    """All checks on the raw (unexpanded) SAM template."""
+    problems = check_text(text) if text is not None else []
+    if tpl.get("Transform") != "AWS::Serverless-2016-10-31":
+        problems.append("Transform must be AWS::Serverless-2016-10-31")
+    for fn in (check_iam, check_secrets, check_tables, check_api_and_alarms):
+        problems += fn(tpl)
+    problems += check_lambda_settings(tpl, raw=True) + check_queue(tpl, raw=True)
+    return problems
+
+
+def check_expanded(exp):
+    """Checks on the CloudFormation that SAM generates (what is actually deployed)."""
+    problems = [f"{k}: unexpanded {r['Type']}" for k, r in exp["Resources"].items()
+                if r["Type"].startswith("AWS::Serverless::")]
+    problems += check_iam(exp) + check_secrets(exp) + check_tables(exp)
+    problems += check_lambda_settings(exp, raw=False) + check_queue(exp, raw=False)
+    return problems
+
+
+# ----------------------------------------------------------------------------- loading
+@functools.lru_cache(maxsize=None)
+def _text():
+    with open(TEMPLATE) as f:
+        return f.read()
+
+
+def template():
+    return yaml.safe_load(_text())
+
+
+def expand_dict(tpl):
+    import sam_expand
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "template.json")
+        with open(path, "w") as f:
+            json.dump(tpl, f)
+        return sam_expand.expand(path)
+
+
+@functools.lru_cache(maxsize=None)
+def _expanded_json():
+    path = os.environ.get("INFRA_EXPANDED")
+    if path:
+        with open(path) as f:
+            return f.read()
+    import sam_expand
+    return json.dumps(sam_expand.expand(TEMPLATE))
+
+
+def expanded():
+    return json.loads(_expanded_json())
+
+
+def role_statements(tpl, binary):
+    _, fn = function_by_bin(tpl, binary)
+    role = tpl["Resources"][role_of(fn)]
+    return role["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+
+
+def assert_flags(problems, needle):
+    assert any(needle in p for p in problems), f"expected a problem containing {needle!r}, got {problems}"
+
+
+# ----------------------------------------------------------------------------- tests: the real template
+def test_template_is_plain_yaml_and_passes():
+    problems = check_template(template(), _text())
+    assert problems == [], "\n".join(problems)
+
+
+def test_expanded_template_passes():
+    problems = check_expanded(expanded())
+    assert problems == [], "\n".join(problems)
+
+
+def test_expanded_keeps_batch_failures_and_roles():
+    exp = expanded()
+    esms = [r for r in exp["Resources"].values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
+    assert [e["Properties"]["FunctionResponseTypes"] for e in esms] == [["ReportBatchItemFailures"]]
+    roles = [r for r in exp["Resources"].values() if r["Type"] == "AWS::IAM::Role"]
+    assert len(roles) == 2 and not any(r["Properties"].get("ManagedPolicyArns") for r in roles)
+
+
+# ----------------------------------------------------------------------------- tests: the checker can fail
+def test_negative_star_resource():
+    t = template()
+    role_statements(t, PROCESSOR_BIN)[0]["Resource"].append("*")
+    assert_flags(check_iam(t), "wildcard Resource '*'")
+
+
+def test_negative_partial_star_resource():
+    t = template()
+    role_statements(t, PROCESSOR_BIN)[0]["Resource"] = [
+        {"Fn::Sub": "arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:table/*"}]
+    assert_flags(check_iam(t), "wildcard Resource")
+
+
+def test_negative_log_suffix_only_for_logs():
+    t = template()
+    st = role_statements(t, PROCESSOR_BIN)[0]
+    st["Resource"] = [{"Fn::Sub": "arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:log-group:x:*"}]
+    assert_flags(check_iam(t), "wildcard Resource")
+    t = template()
+    log_st = [s for s in role_statements(t, RECEIVER_BIN) if "logs:PutLogEvents" in s["Action"]][0]
+    log_st["Resource"] = [{"Fn::Sub": "arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:log-group:*"}]
+    assert_flags(check_iam(t), "wildcard Resource")
+
+
+def test_negative_wildcard_actions():
+    for action in ("sqs:*", "dynamodb:*", "*", "dynamodb:Get*"):
+        t = template()
+        role_statements(t, PROCESSOR_BIN)[0]["Action"].append(action)
+        assert_flags(check_iam(t), f"wildcard Action {action!r}")
+
+
+def test_negative_receiver_extra_action():
+    t = template()
+    role_statements(t, RECEIVER_BIN)[0]["Action"].append("sqs:ReceiveMessage")
+    assert_flags(check_iam(t), "receiver role has actions beyond")
+    t = template()
+    role_statements(t, RECEIVER_BIN).append(
+        {"Effect": "Allow", "Action": "dynamodb:GetItem", "Resource": {"Fn::GetAtt": ["EventsTable", "Arn"]}})
+    assert_flags(check_iam(t), "receiver role has actions beyond")
+
+
+def test_negative_managed_policy_and_sam_policy_template():
+    t = template()
+    _, fn = function_by_bin(t, RECEIVER_BIN)
+    t["Resources"][role_of(fn)]["Properties"]["ManagedPolicyArns"] = [
+        "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"]
+    assert_flags(check_iam(t), "ManagedPolicyArns")
+    t = template()
+    _, fn = function_by_bin(t, PROCESSOR_BIN)
+    fn["Properties"]["Policies"] = [{"SQSPollerPolicy": {"QueueName": "x"}}]
+    assert_flags(check_iam(t), "opaque to this check")
+
+
+def test_negative_expanded_default_role_is_flagged():
+    """Without an explicit Role SAM generates one with AWSLambdaBasicExecutionRole: the expanded check must see it."""
+    t = template()
+    _, fn = function_by_bin(t, RECEIVER_BIN)
+    del fn["Properties"]["Role"]
+    assert_flags(check_iam(t), "without an explicit Role")
+    assert_flags(check_expanded(expand_dict(t)), "ManagedPolicyArns")
+
+
+def test_negative_plain_secret_env():
+    t = template()
+    _, fn = function_by_bin(t, PROCESSOR_BIN)
+    fn["Properties"]["Environment"]["Variables"]["WORKOS_API_KEY"] = "sk_test_123"
+    assert_flags(check_secrets(t), "WORKOS_API_KEY is not a")
+    t = template()
+    _, fn = function_by_bin(t, RECEIVER_BIN)
+    t["Parameters"]["WebhookSecret"] = {"Type": "String", "NoEcho": True}
+    fn["Properties"]["Environment"]["Variables"]["WORKOS_WEBHOOK_SECRET"] = {"Ref": "WebhookSecret"}
+    problems = check_secrets(t)
+    assert_flags(problems, "WORKOS_WEBHOOK_SECRET is not a")
+    assert_flags(problems, "parameter WebhookSecret")
+
+
+def test_negative_queue_and_event_source():
+    t = template()
+    t["Parameters"]["QueueVisibilityTimeout"]["Default"] = 300
+    assert_flags(check_queue(t, raw=True), "VisibilityTimeout default 300")
+    t = template()
+    t["Rules"]["VisibilityTimeoutRule"]["Assertions"][2]["Assert"]["Fn::Or"][1]["Fn::Contains"][0].insert(0, "180")
+    assert_flags(check_queue(t, raw=True), "Rules: for ProcessorTimeout=60")
+    t = template()
+    _, fn = function_by_bin(t, PROCESSOR_BIN)
+    next(iter(fn["Properties"]["Events"].values()))["Properties"]["FunctionResponseTypes"] = []
+    assert_flags(check_queue(t, raw=True), "ReportBatchItemFailures")
+    exp = expanded()
+    for r in exp["Resources"].values():
+        if r["Type"] == "AWS::Lambda::EventSourceMapping":
+            del r["Properties"]["FunctionResponseTypes"]
+    assert_flags(check_queue(exp, raw=False), "ReportBatchItemFailures")
+
+
+def test_negative_tables():
+    t = template()
+    t["Resources"]["EventsTable"]["Properties"]["TimeToLiveSpecification"]["AttributeName"] = "ttl"
+    t["Resources"]["StateTable"]["Properties"]["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] = False
+    t["Resources"]["StateTable"]["Properties"]["GlobalSecondaryIndexes"][0]["IndexName"] = "GSI1"
+    problems = check_tables(t)
+    for needle in ("TTL must be enabled on expires_at", "point-in-time", "GSI gsi1"):
+        assert_flags(problems, needle)
+
+
+def test_negative_short_tags():
+    assert_flags(check_text("Value: !Ref EventsQueue\n"), "short-form intrinsic tag")
+    assert_flags(check_text("Arn: [!GetAtt Q.Arn]\n"), "short-form intrinsic tag")
+
+
+# ----------------------------------------------------------------------------- plain-script mode
+def main():
+    tests = [(n, f) for n, f in sorted(globals().items()) if n.startswith("test_") and callable(f)]
+    failed = 0
+    for name, fn in tests:
+        try:
+            fn()
+            print(f"PASS {name}")
+        except Exception as e:  # noqa: BLE001 - report every failure
+            failed += 1
+            print(f"FAIL {name}: {e}")
+    print(f"{len(tests) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1058 @@
+//! The WorkOS Directory Sync adapter: [`DirectoryApi`] over HTTPS with reqwest (rustls).
+//!
+//! What it does on every request (workos-api.md §3, §6, §7):
+//! - counts the request in the caller's [`CallBudget`] and never waits past its deadline (minus a
+//!   safety margin kept for the caller); each request's timeout also ends before it;
+//! - retries 429 (honouring `Retry-After`, seconds or HTTP-date), 5xx, timeouts and connection
+//!   errors, with full-jitter exponential back-off when no `Retry-After` is given;
+//! - paces `/directory_users` per directory (WorkOS allows 4 requests/s per directory);
+//! - walks every page of a list (`limit=100`, following `list_metadata.after`).
+//!
+//! Logs carry the method, route template, status, `X-Request-ID` and attempt only: never the API
+//! key, ids, e-mails or bodies. Bodies are parsed into types holding only ids, `state` and `name`.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER, USER_AGENT};
+use reqwest::{StatusCode, Url};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::clock::{Clock, EpochMillis};
+use crate::directory::{ApiError, CallBudget, DirGroup, DirUser, DirectoryApi, UserState};
+
+/// `limit` sent on every list request (WorkOS's maximum).
+pub const PAGE_LIMIT: u32 = 100;
+/// A list that has not ended after this many pages is treated as a bad response.
+pub const MAX_PAGES: u32 = 10_000;
+/// Longest error message kept from a WorkOS error body.
+const MAX_MESSAGE_CHARS: usize = 300;
+/// Pacing entries are pruned once the map holds more directories than this.
+const PACING_PRUNE_AT: usize = 1024;
+
+/// How to reach WorkOS and how hard to try. `Debug` never shows the API key.
+#[derive(Clone)]
+pub struct WorkosConfig {
+    /// `https://api.workos.com` by default; may carry a path prefix.
+    pub base_url: String,
+    pub api_key: String,
+    /// Whole-request timeout (connect to end of body) for one attempt.
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Attempts per request, the first included (0 counts as 1).
+    pub max_attempts: u32,
+    /// Back-off cap for the first retry; doubles per retry up to `max_backoff`.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Minimum spacing of `/directory_users` requests for one directory (250 ms = 4 req/s).
+    pub directory_users_min_interval: Duration,
+    /// Time before `budget.deadline` that no wait or request may cross (left for the caller).
+    pub deadline_margin: Duration,
+}
+
+impl WorkosConfig {
+    pub const DEFAULT_BASE_URL: &'static str = "https://api.workos.com";
+
+    /// The defaults with this key.
+    pub fn new(api_key: impl Into<String>) -> Self {
+        WorkosConfig {
+            api_key: api_key.into(),
+            ..Default::default()
+        }
+    }
+}
+
+impl Default for WorkosConfig {
+    fn default() -> Self {
+        WorkosConfig {
+            base_url: Self::DEFAULT_BASE_URL.to_string(),
+            api_key: String::new(),
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            max_attempts: 4,
+            base_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(5),
+            directory_users_min_interval: Duration::from_millis(250),
+            deadline_margin: Duration::from_millis(1500),
+        }
+    }
+}
+
+impl fmt::Debug for WorkosConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkosConfig")
+            .field("base_url", &self.base_url)
+            .field("api_key", &"<redacted>")
+            .field("request_timeout", &self.request_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_attempts", &self.max_attempts)
+            .field("base_backoff", &self.base_backoff)
+            .field("max_backoff", &self.max_backoff)
+            .field("directory_users_min_interval", &self.directory_users_min_interval)
+            .field("deadline_margin", &self.deadline_margin)
+            .finish()
+    }
+}
+
+/// Why a [`WorkosClient`] could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkosClientError {
+    #[error("invalid WorkOS base URL: {0}")]
+    InvalidBaseUrl(String),
+    #[error("the WorkOS API key is empty or not a valid header value")]
+    InvalidApiKey,
+    #[error("could not build the HTTP client: {0}")]
+    Http(String),
+}
+
+/// One WorkOS route: its template (for logs), path segment, and whether it is paced.
+#[derive(Debug, Clone, Copy)]
+struct Route {
+    template: &'static str,
+    collection: &'static str,
+    paced: bool,
+}
+
+const LIST_USERS: Route = Route {
+    template: "GET /directory_users",
+    collection: "directory_users",
+    paced: true,
+};
+const GET_USER: Route = Route {
+    template: "GET /directory_users/{id}",
+    collection: "directory_users",
+    paced: true,
+};
+const LIST_GROUPS: Route = Route {
+    template: "GET /directory_groups",
+    collection: "directory_groups",
+    paced: false,
+};
+const GET_GROUP: Route = Route {
+    template: "GET /directory_groups/{id}",
+    collection: "directory_groups",
+    paced: false,
+};
+
+/// The WorkOS Directory Sync client. Cheap to clone; clones share the HTTP pool and pacing.
+#[derive(Clone)]
+pub struct WorkosClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: Url,
+    config: WorkosConfig,
+    clock: Arc<dyn Clock>,
+    /// Per directory: the earliest instant the next `/directory_users` request may be sent.
+    pacing: Mutex<HashMap<String, EpochMillis>>,
+}
+
+impl fmt::Debug for WorkosClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkosClient")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one attempt came to.
+enum Attempt {
+    /// Final: a body (`Some`), a 404 read as absent (`None`), or an error not worth retrying.
+    Done(Result<Option<Vec<u8>>, ApiError>),
+    /// Worth another attempt after `wait` (`None`: use back-off).
+    Retry { error: ApiError, wait: Option<Duration> },
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl WorkosClient {
+    /// Build the one HTTP client (rustls, bearer auth, timeouts). Fails on a bad URL or key.
+    pub fn new(config: WorkosConfig, clock: impl Clock) -> Result<Self, WorkosClientError> {
+        let base = Url::parse(config.base_url.trim()).map_err(|e| WorkosClientError::InvalidBaseUrl(e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+            return Err(WorkosClientError::InvalidBaseUrl(format!(
+                "scheme must be http or https, got {}",
+                base.scheme()
+            )));
+        }
+        if config.api_key.trim().is_empty() {
+            return Err(WorkosClientError::InvalidApiKey);
+        }
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", config.api_key.trim()))
+            .map_err(|_| WorkosClientError::InvalidApiKey)?;
+        auth.set_sensitive(true);
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, auth);
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("dsync/", env!("CARGO_PKG_VERSION"))),
+        );
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(config.request_timeout)
+            .connect_timeout(config.connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| WorkosClientError::Http(e.to_string()))?;
+        Ok(WorkosClient {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                config,
+                clock: Arc::new(clock),
+                pacing: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &WorkosConfig {
+        &self.inner.config
+    }
+
+    /// `base/<collection>[/<id>]`, the id percent-encoded as one path segment.
+    fn url(&self, route: Route, id: Option<&str>) -> Result<Url, ApiError> {
+        let mut url = self.inner.base.clone();
+        {
+            let mut segs = url
+                .path_segments_mut()
+                .map_err(|()| ApiError::Transport("base URL cannot carry a path".into()))?;
+            segs.pop_if_empty().push(route.collection);
+            if let Some(id) = id {
+                segs.push(id);
+            }
+        }
+        Ok(url)
+    }
+
+    /// Reserve the next `/directory_users` slot for `directory` if it starts before `limit`.
+    fn reserve_slot(&self, directory: &str, now: EpochMillis, limit: EpochMillis) -> Option<EpochMillis> {
+        let mut map = lock(&self.inner.pacing);
+        if map.len() > PACING_PRUNE_AT {
+            map.retain(|_, next| *next > now);
+        }
+        let slot = map.get(directory).copied().unwrap_or(now).max(now);
+        if slot >= limit {
+            return None;
+        }
+        map.insert(
+            directory.to_owned(),
+            slot.saturating_add(self.inner.config.directory_users_min_interval),
+        );
+        Some(slot)
+    }
+
+    /// Push `directory`'s next slot to at least `at` (a request sent then, or a `Retry-After`).
+    fn push_slot(&self, directory: &str, at: EpochMillis) {
+        let mut map = lock(&self.inner.pacing);
+        let next = map.entry(directory.to_owned()).or_insert(at);
+        *next = (*next).max(at);
+    }
+
+    /// One logical request with pacing, retries and the deadline; `Ok(None)` only on an allowed 404.
+    async fn fetch(
+        &self,
+        route: Route,
+        url: Url,
+        query: &[(&str, &str)],
+        directory: &str,
+        none_on_404: bool,
+        budget: &CallBudget,
+    ) -> Result<Option<Vec<u8>>, ApiError> {
+        let cfg = &self.inner.config;
+        let clock = &self.inner.clock;
+        let hard = budget.deadline.saturating_sub(cfg.deadline_margin);
+        let max_attempts = cfg.max_attempts.max(1);
+        let mut last: Option<ApiError> = None;
+        let give_up = |last: Option<ApiError>| Err(last.unwrap_or(ApiError::DeadlineExceeded));
+
+        for attempt in 1..=max_attempts {
+            let now = clock.now();
+            if now >= hard {
+                return give_up(last);
+            }
+            if route.paced {
+                let Some(slot) = self.reserve_slot(directory, now, hard) else {
+                    tracing::warn!(
+                        method = "GET",
+                        route = route.template,
+                        attempt,
+                        "pacing would pass the deadline"
+                    );
+                    return give_up(last);
+                };
+                if slot > now {
+                    tokio::time::sleep(slot.remaining_from(now)).await;
+                }
+            }
+            let now = clock.now();
+            let remaining = hard.remaining_from(now);
+            if remaining.is_zero() {
+                return give_up(last);
+            }
+            if route.paced {
+                // +1 ms: the clock truncates to milliseconds, so the real send may be up to 1 ms later.
+                self.push_slot(
+                    directory,
+                    now.saturating_add(cfg.directory_users_min_interval + Duration::from_millis(1)),
+                );
+            }
+            let timeout = cfg.request_timeout.min(remaining);
+            budget.record_call();
+            let outcome = self
+                .attempt(route, url.clone(), query, none_on_404, timeout, attempt)
+                .await;
+            let (error, wait) = match outcome {
+                Attempt::Done(result) => return result,
+                Attempt::Retry { error, wait } => (error, wait),
+            };
+            if attempt >= max_attempts {
+                tracing::warn!(
+                    method = "GET",
+                    route = route.template,
+                    attempt,
+                    "giving up: attempts exhausted"
+                );
+                return Err(error);
+            }
+            let now = clock.now();
+            if route.paced {
+                if let Some(w) = wait {
+                    // WorkOS asked this directory to slow down: every request for it waits.
+                    self.push_slot(directory, now.saturating_add(w));
+                }
+            }
+            let wait = wait.unwrap_or_else(|| backoff(attempt, cfg.base_backoff, cfg.max_backoff));
+            if now.saturating_add(wait) >= hard {
+                tracing::warn!(
+                    method = "GET",
+                    route = route.template,
+                    attempt,
+                    wait_ms = millis(wait),
+                    "giving up: the next attempt would pass the deadline"
+                );
+                return Err(error);
+            }
+            tracing::debug!(
+                method = "GET",
+                route = route.template,
+                attempt,
+                wait_ms = millis(wait),
+                "retrying"
+            );
+            tokio::time::sleep(wait).await;
+            last = Some(error);
+        }
+        give_up(last)
+    }
+
+    /// Send once and classify the answer.
+    async fn attempt(
+        &self,
+        route: Route,
+        url: Url,
+        query: &[(&str, &str)],
+        none_on_404: bool,
+        timeout: Duration,
+        attempt: u32,
+    ) -> Attempt {
+        let sent = self.inner.http.get(url).query(query).timeout(timeout).send().await;
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => return transport_failure(route, &e, attempt),
+        };
+        let status = resp.status();
+        let request_id = resp
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, self.inner.clock.now()));
+        let body = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => return transport_failure(route, &e, attempt),
+        };
+        let rid = request_id.as_deref().unwrap_or("-");
+        let code = status.as_u16();
+        tracing::debug!(
+            method = "GET",
+            route = route.template,
+            status = code,
+            request_id = rid,
+            attempt,
+            "WorkOS answered"
+        );
+
+        if status.is_success() {
+            return Attempt::Done(Ok(Some(body.to_vec())));
+        }
+        if status == StatusCode::NOT_FOUND && none_on_404 {
+            return Attempt::Done(Ok(None));
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            tracing::warn!(
+                method = "GET",
+                route = route.template,
+                status = code,
+                request_id = rid,
+                attempt,
+                retry_after_ms = retry_after.map(millis),
+                "rate limited"
+            );
+            return Attempt::Retry {
+                error: ApiError::RateLimited { retry_after },
+                wait: retry_after,
+            };
+        }
+        if status.is_server_error() {
+            tracing::warn!(
+                method = "GET",
+                route = route.template,
+                status = code,
+                request_id = rid,
+                attempt,
+                "WorkOS server error"
+            );
+            return Attempt::Retry {
+                error: ApiError::Server {
+                    status: code,
+                    request_id,
+                },
+                wait: retry_after,
+            };
+        }
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            tracing::error!(
+                method = "GET",
+                route = route.template,
+                status = code,
+                request_id = rid,
+                attempt,
+                "WorkOS refused the API key"
+            );
+            return Attempt::Done(Err(ApiError::Auth { status: code }));
+        }
+        tracing::warn!(
+            method = "GET",
+            route = route.template,
+            status = code,
+            request_id = rid,
+            attempt,
+            "WorkOS rejected the request"
+        );
+        if status.is_client_error() {
+            let message =
+                error_message(&body).unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
+            return Attempt::Done(Err(ApiError::Client { status: code, message }));
+        }
+        // 1xx/3xx (redirects are not followed).
+        Attempt::Done(Err(ApiError::BadResponse(format!(
+            "unexpected status {code} from {} (request id {rid})",
+            route.template
+        ))))
+    }
+
+    /// `GET` one object; `None` on 404.
+    async fn get_one<W: DeserializeOwned>(
+        &self,
+        route: Route,
+        directory: &str,
+        id: &str,
+        budget: &CallBudget,
+    ) -> Result<Option<W>, ApiError> {
+        if id.is_empty() || id == "." || id == ".." {
+            // Not an id WorkOS could have issued; asking would hit another route.
+            tracing::warn!(route = route.template, "refusing to look up an empty or dot id");
+            return Ok(None);
+        }
+        let url = self.url(route, Some(id))?;
+        match self.fetch(route, url, &[], directory, true, budget).await? {
+            None => Ok(None),
+            Some(body) => parse_body(route, &body).map(Some),
+        }
+    }
+
+    /// Every page of a list filtered by `filter`.
+    async fn list_all<W: DeserializeOwned>(
+        &self,
+        route: Route,
+        directory: &str,
+        filter: (&str, &str),
+        budget: &CallBudget,
+    ) -> Result<Vec<W>, ApiError> {
+        let url = self.url(route, None)?;
+        let limit = PAGE_LIMIT.to_string();
+        let mut items = Vec::new();
+        let mut seen = HashSet::new();
+        let mut after: Option<String> = None;
+        for _page in 0..MAX_PAGES {
+            let mut query: Vec<(&str, &str)> = vec![filter, ("limit", &limit)];
+            if let Some(cursor) = after.as_deref() {
+                query.push(("after", cursor));
+            }
+            let body = self
+                .fetch(route, url.clone(), &query, directory, false, budget)
+                .await?
+                .ok_or_else(|| ApiError::BadResponse(format!("no body from {}", route.template)))?;
+            let page: ListPage<W> = parse_body(route, &body)?;
+            items.extend(page.data);
+            match page.list_metadata.after {
+                None => return Ok(items),
+                Some(cursor) => {
+                    if !seen.insert(cursor.clone()) {
+                        return Err(ApiError::BadResponse(format!(
+                            "{} returned a cursor it had already returned",
+                            route.template
+                        )));
+                    }
+                    after = Some(cursor);
+                }
+            }
+        }
+        Err(ApiError::BadResponse(format!(
+            "{} did not end within {MAX_PAGES} pages",
+            route.template
+        )))
+    }
+}
+
+fn transport_failure(route: Route, e: &reqwest::Error, attempt: u32) -> Attempt {
+    let error = if e.is_timeout() {
+        ApiError::Timeout
+    } else {
+        ApiError::Transport(describe(e))
+    };
+    tracing::warn!(method = "GET", route = route.template, attempt, error = %error, "request failed");
+    if e.is_builder() || e.is_redirect() {
+        Attempt::Done(Err(error))
+    } else {
+        Attempt::Retry { error, wait: None }
+    }
+}
+
+/// The error and its causes, without the URL (it carries ids).
+fn describe(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut out = if e.is_connect() {
+        "connection failed".to_string()
+    } else if e.is_body() || e.is_decode() {
+        "reading the response failed".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Decode a JSON body; the error names the route and serde's error category/position only.
+fn parse_body<W: DeserializeOwned>(route: Route, body: &[u8]) -> Result<W, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::BadResponse(format!(
+            "malformed body from {} ({:?} error at line {} column {})",
+            route.template,
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+#[derive(Deserialize)]
+struct ListPage<W> {
+    data: Vec<W>,
+    list_metadata: ListMetadata,
+}
+
+#[derive(Deserialize)]
+struct ListMetadata {
+    #[serde(default)]
+    after: Option<String>,
+}
+
+/// Only what [`DirUser`] keeps; every other field (e-mail, names, attributes) is skipped unread.
+#[derive(Deserialize)]
+struct WireUser {
+    id: String,
+    directory_id: String,
+    state: String,
+}
+
+impl From<WireUser> for DirUser {
+    fn from(w: WireUser) -> Self {
+        DirUser {
+            id: w.id,
+            directory_id: w.directory_id,
+            state: UserState::parse(&w.state),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct WireGroup {
+    id: String,
+    directory_id: String,
+    name: String,
+}
+
+impl From<WireGroup> for DirGroup {
+    fn from(w: WireGroup) -> Self {
+        DirGroup {
+            id: w.id,
+            directory_id: w.directory_id,
+            name: w.name,
+        }
+    }
+}
+
+/// The message of a WorkOS error body: `{"message"[,"code"]}`, `{"error_description"}`,
+/// `{"error"}`, or a bare JSON string such as `"Ratelimited"`. Truncated; `None` if absent.
+pub fn error_message(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let text = |key: &str| v.get(key).and_then(|m| m.as_str()).filter(|s| !s.trim().is_empty());
+    let msg = match &v {
+        serde_json::Value::String(s) if !s.trim().is_empty() => s.clone(),
+        serde_json::Value::Object(_) => {
+            if let Some(m) = text("message") {
+                match text("code") {
+                    Some(code) => format!("{m} ({code})"),
+                    None => m.to_owned(),
+                }
+            } else {
+                text("error_description").or_else(|| text("error"))?.to_owned()
+            }
+        }
+        _ => return None,
+    };
+    Some(msg.chars().take(MAX_MESSAGE_CHARS).collect())
+}
+
+/// `Retry-After` as delta-seconds (integer or fractional) or an HTTP-date; a past date is zero.
+pub fn parse_retry_after(value: &str, now: EpochMillis) -> Option<Duration> {
+    let v = value.trim();
+    if v.is_empty() {
+        return None;
+    }
+    if v.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let secs: f64 = v.parse().ok()?;
+        return Duration::try_from_secs_f64(secs).ok();
+    }
+    let at: SystemTime = httpdate::parse_http_date(v).ok()?;
+    Some(EpochMillis::from(at).remaining_from(now))
+}
+
+/// Full-jitter exponential back-off for retry number `attempt` (1-based): uniform in
+/// `0..=min(max, base * 2^(attempt-1))`.
+pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
+    let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
+    let cap = base.saturating_mul(factor).min(max);
+    let cap_ns = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(fastrand::u64(0..=cap_ns))
+}
+
+impl DirectoryApi for WorkosClient {
+    async fn get_user(
+        &self,
+        directory_id: &str,
+        user_id: &str,
+        budget: &CallBudget,
+    ) -> Result<Option<DirUser>, ApiError> {
+        let w: Option<WireUser> = self.get_one(GET_USER, directory_id, user_id, budget).await?;
+        Ok(w.map(DirUser::from))
+    }
+
+    async fn get_group(
+        &self,
+        directory_id: &str,
+        group_id: &str,
+        budget: &CallBudget,
+    ) -> Result<Option<DirGroup>, ApiError> {
+        let w: Option<WireGroup> = self.get_one(GET_GROUP, directory_id, group_id, budget).await?;
+        Ok(w.map(DirGroup::from))
+    }
+
+    async fn list_user_groups(
+        &self,
+        directory_id: &str,
+        user_id: &str,
+        budget: &CallBudget,
+    ) -> Result<Vec<DirGroup>, ApiError> {
+        let w: Vec<WireGroup> = self
+            .list_all(LIST_GROUPS, directory_id, ("user", user_id), budget)
+            .await?;
+        Ok(w.into_iter().map(DirGroup::from).collect())
+    }
+
+    async fn list_group_users(
+        &self,
+        directory_id: &str,
+        group_id: &str,
+        budget: &CallBudget,
+    ) -> Result<Vec<DirUser>, ApiError> {
+        let w: Vec<WireUser> = self
+            .list_all(LIST_USERS, directory_id, ("group", group_id), budget)
+            .await?;
+        Ok(w.into_iter().map(DirUser::from).collect())
+    }
+
+    async fn list_directory_users(&self, directory_id: &str, budget: &CallBudget) -> Result<Vec<DirUser>, ApiError> {
+        let w: Vec<WireUser> = self
+            .list_all(LIST_USERS, directory_id, ("directory", directory_id), budget)
+            .await?;
+        Ok(w.into_iter().map(DirUser::from).collect())
+    }
+
+    async fn list_directory_groups(&self, directory_id: &str, budget: &CallBudget) -> Result<Vec<DirGroup>, ApiError> {
+        let w: Vec<WireGroup> = self
+            .list_all(LIST_GROUPS, directory_id, ("directory", directory_id), budget)
+            .await?;
+        Ok(w.into_iter().map(DirGroup::from).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{ManualClock, SystemClock};
+    use std::time::UNIX_EPOCH;
+
+    const NOW: EpochMillis = EpochMillis(1_700_000_000_000);
+
+    #[test]
+    fn retry_after_seconds_fractions_and_dates() {
+        assert_eq!(parse_retry_after("1", NOW), Some(Duration::from_secs(1)));
+        assert_eq!(parse_retry_after(" 120 ", NOW), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("0", NOW), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("1.5", NOW), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_retry_after("0.25", NOW), Some(Duration::from_millis(250)));
+        let future = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(NOW.0) + Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&future, NOW), Some(Duration::from_secs(30)));
+        let past = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(NOW.0) - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&past, NOW), Some(Duration::ZERO));
+        for garbage in [
+            "",
+            "  ",
+            "soon",
+            "-1",
+            "1e3",
+            "NaN",
+            "inf",
+            ".",
+            "1.2.3",
+            "Tue, 99 Foo 2023",
+        ] {
+            assert_eq!(parse_retry_after(garbage, NOW), None, "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_stays_within_its_cap() {
+        let base = Duration::from_millis(250);
+        let max = Duration::from_secs(5);
+        for attempt in 1..=12u32 {
+            let cap = (base * 2u32.pow(attempt - 1)).min(max);
+            for _ in 0..500 {
+                assert!(backoff(attempt, base, max) <= cap, "attempt {attempt}");
+            }
+        }
+        for _ in 0..100 {
+            assert!(backoff(0, base, max) <= base);
+            assert!(backoff(u32::MAX, base, max) <= max);
+            assert!(backoff(40, Duration::MAX, max) <= max);
+        }
+        assert_eq!(backoff(3, Duration::ZERO, max), Duration::ZERO);
+        // Jitter: not always the same value.
+        let samples: HashSet<Duration> = (0..50).map(|_| backoff(3, base, max)).collect();
+        assert!(samples.len() > 1);
+    }
+
+    #[test]
+    fn error_messages_from_every_body_shape() {
+        let m = |s: &str| error_message(s.as_bytes());
+        assert_eq!(m(r#"{"message":"Not Found"}"#).as_deref(), Some("Not Found"));
+        assert_eq!(
+            m(r#"{"message":"Bad events","code":"invalid_events_request"}"#).as_deref(),
+            Some("Bad events (invalid_events_request)")
+        );
+        assert_eq!(
+            m(r#"{"message":"Validation failed","errors":[{"field":"directory","code":"x"}]}"#).as_deref(),
+            Some("Validation failed")
+        );
+        assert_eq!(
+            m(r#"{"error":"invalid_grant","error_description":"Bad code"}"#).as_deref(),
+            Some("Bad code")
+        );
+        assert_eq!(m(r#"{"error":"boom"}"#).as_deref(), Some("boom"));
+        assert_eq!(m(r#""Ratelimited""#).as_deref(), Some("Ratelimited"));
+        assert_eq!(m("<html>oops</html>"), None);
+        assert_eq!(m(r#"{"other":1}"#), None);
+        assert_eq!(m("42"), None);
+        let long = format!(r#"{{"message":"{}"}}"#, "x".repeat(5000));
+        assert_eq!(m(&long).map(|s| s.len()), Some(MAX_MESSAGE_CHARS));
+    }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let cfg = WorkosConfig::new("sk_live_supersecret");
+        assert!(!format!("{cfg:?}").contains("supersecret"));
+        let client = WorkosClient::new(cfg, SystemClock).expect("client");
+        assert!(!format!("{client:?}").contains("supersecret"));
+        assert!(format!("{client:?}").contains("redacted"));
+    }
+
+    #[test]
+    fn bad_config_is_an_error_not_a_panic() {
+        let bad_url = WorkosConfig {
+            base_url: "not a url".into(),
+            ..WorkosConfig::new("sk")
+        };
+        assert!(matches!(
+            WorkosClient::new(bad_url, SystemClock),
+            Err(WorkosClientError::InvalidBaseUrl(_))
+        ));
+        let ftp = WorkosConfig {
+            base_url: "ftp://example.com".into(),
+            ..WorkosConfig::new("sk")
+        };
+        assert!(matches!(
+            WorkosClient::new(ftp, SystemClock),
+            Err(WorkosClientError::InvalidBaseUrl(_))
+        ));
+        assert_eq!(
+            WorkosClient::new(WorkosConfig::new(""), SystemClock).err(),
+            Some(WorkosClientError::InvalidApiKey)
+        );
+        assert_eq!(
+            WorkosClient::new(WorkosConfig::new("sk\nx"), SystemClock).err(),
+            Some(WorkosClientError::InvalidApiKey)
+        );
+    }
+
+    #[test]
+    fn ids_are_one_encoded_path_segment() {
+        let cfg = WorkosConfig {
+            base_url: "https://proxy.example/workos/".into(),
+            ..WorkosConfig::new("sk")
+        };
+        let c = WorkosClient::new(cfg, SystemClock).expect("client");
+        let url = c.url(GET_USER, Some("a/b?c#d")).expect("url");
+        assert_eq!(
+            url.as_str(),
+            "https://proxy.example/workos/directory_users/a%2Fb%3Fc%23d"
+        );
+        let url = c.url(LIST_GROUPS, None).expect("url");
+        assert_eq!(url.as_str(), "https://proxy.example/workos/directory_groups");
+    }
+
+    #[tokio::test]
+    async fn no_call_once_the_deadline_margin_is_reached() {
+        let clock = ManualClock::at(NOW);
+        let cfg = WorkosConfig {
+            base_url: "http://127.0.0.1:9".into(),
+            ..WorkosConfig::new("sk")
+        };
+        let c = WorkosClient::new(cfg, clock.clone()).expect("client");
+        for deadline in [
+            NOW.saturating_sub(Duration::from_secs(1)),
+            NOW,
+            NOW.saturating_add(Duration::from_secs(1)),
+        ] {
+            let budget = CallBudget::until(deadline);
+            assert_eq!(c.get_group("d", "g", &budget).await, Err(ApiError::DeadlineExceeded));
+            assert_eq!(
+                c.list_directory_users("d", &budget).await,
+                Err(ApiError::DeadlineExceeded)
+            );
+            assert_eq!(budget.calls(), 0);
+        }
+    }
+
+    /// A one-route HTTP server answering every request with `status`, `headers` and `body`.
+    async fn serve(status: u16, headers: Vec<(&'static str, String)>, body: &'static str) -> String {
+        use axum::response::IntoResponse;
+        let handler = move || {
+            let headers = headers.clone();
+            async move {
+                let mut resp = (StatusCode::from_u16(status).expect("status"), body).into_response();
+                for (k, v) in headers {
+                    resp.headers_mut().insert(k, HeaderValue::from_str(&v).expect("header"));
+                }
+                resp
+            }
+        };
+        let app = axum::Router::new().fallback(handler);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("http://{addr}")
+    }
+
+    fn client(base_url: String) -> WorkosClient {
+        let cfg = WorkosConfig {
+            base_url,
+            base_backoff: Duration::from_millis(10),
+            directory_users_min_interval: Duration::from_millis(1),
+            deadline_margin: Duration::ZERO,
+            ..WorkosConfig::new("sk_test")
+        };
+        WorkosClient::new(cfg, SystemClock).expect("client")
+    }
+
+    fn budget(secs: u64) -> CallBudget {
+        CallBudget::until(SystemClock.now().saturating_add(Duration::from_secs(secs)))
+    }
+
+    #[tokio::test]
+    async fn a_repeating_cursor_stops_the_walk() {
+        let base = serve(
+            200,
+            vec![],
+            r#"{"object":"list","data":[],"list_metadata":{"before":null,"after":"x"}}"#,
+        )
+        .await;
+        let b = budget(5);
+        let r = client(base).list_directory_groups("d", &b).await;
+        assert!(
+            matches!(r, Err(ApiError::BadResponse(ref m)) if m.contains("cursor")),
+            "{r:?}"
+        );
+        assert_eq!(b.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn malformed_bodies_are_bad_responses_without_their_contents() {
+        let base = serve(
+            200,
+            vec![],
+            r#"{"id":"directory_user_1","directory_id":"d","email":"alice@example.com"}"#,
+        )
+        .await;
+        let b = budget(5);
+        let r = client(base.clone()).get_user("d", "directory_user_1", &b).await;
+        match r {
+            Err(ApiError::BadResponse(m)) => assert!(!m.contains("alice"), "{m}"),
+            other => panic!("expected BadResponse, got {other:?}"),
+        }
+        let base = serve(200, vec![], r#"{"state":"alice@example.com"#).await;
+        match client(base).get_group("d", "g", &b).await {
+            Err(ApiError::BadResponse(m)) => assert!(!m.contains("alice"), "{m}"),
+            other => panic!("expected BadResponse, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn only_needed_fields_are_read_and_unknown_ones_ignored() {
+        let base = serve(
+            200,
+            vec![],
+            r#"{"object":"directory_user","id":"u1","directory_id":"d1","email":"a@b.c","state":"suspended","custom_attributes":{"x":1}}"#,
+        )
+        .await;
+        let b = budget(5);
+        let u = client(base).get_user("d1", "u1", &b).await.expect("ok").expect("some");
+        assert_eq!(
+            u,
+            DirUser {
+                id: "u1".into(),
+                directory_id: "d1".into(),
+                state: UserState::Other("suspended".into())
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn statuses_map_to_errors() {
+        let b = budget(5);
+        let base = serve(
+            404,
+            vec![("x-request-id", "req_1".into())],
+            r#"{"message":"Not Found"}"#,
+        )
+        .await;
+        assert_eq!(client(base.clone()).get_group("d", "g", &b).await, Ok(None));
+        assert_eq!(
+            client(base).list_user_groups("d", "u", &b).await,
+            Err(ApiError::Client {
+                status: 404,
+                message: "Not Found".into()
+            })
+        );
+        let base = serve(403, vec![], r#"{"message":"Forbidden"}"#).await;
+        assert_eq!(
+            client(base).get_group("d", "g", &b).await,
+            Err(ApiError::Auth { status: 403 })
+        );
+        let base = serve(422, vec![], r#"{"message":"Validation failed","errors":[]}"#).await;
+        let before = b.calls();
+        assert_eq!(
+            client(base).list_directory_users("d", &b).await,
+            Err(ApiError::Client {
+                status: 422,
+                message: "Validation failed".into()
+            })
+        );
+        assert_eq!(b.calls(), before + 1, "4xx is not retried");
+    }
+
+    #[tokio::test]
+    async fn server_errors_carry_the_request_id_after_all_attempts() {
+        let base = serve(502, vec![("x-request-id", "req_abc".into())], "bad gateway").await;
+        let b = budget(5);
+        assert_eq!(
+            client(base).get_group("d", "g", &b).await,
+            Err(ApiError::Server {
+                status: 502,
+                request_id: Some("req_abc".into())
+            })
+        );
+        assert_eq!(b.calls(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_past_the_deadline_returns_the_429_at_once() {
+        let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(60));
+        let base = serve(429, vec![("retry-after", date)], r#""Ratelimited""#).await;
+        let b = budget(5);
+        let started = std::time::Instant::now();
+        let r = client(base).list_group_users("d", "g", &b).await;
+        assert!(
+            matches!(r, Err(ApiError::RateLimited { retry_after: Some(d) }) if d > Duration::from_secs(50)),
+            "{r:?}"
+        );
+        assert_eq!(b.calls(), 1);
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn connection_errors_are_retried_then_reported() {
+        // Bind then drop a listener: its port refuses connections.
+        let addr = {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let b = budget(5);
+        let r = client(format!("http://{addr}")).get_group("d", "g", &b).await;
+        assert!(matches!(r, Err(ApiError::Transport(_))), "{r:?}");
+        assert_eq!(b.calls(), 4);
+    }
+}
