@@ -17,4 +17,5 @@ pub mod rules;
 pub mod schema;
 pub mod signature;
 pub mod state;
+pub mod view;
 pub mod workos;

@@ -102,6 +102,16 @@ async fn group_rename_converges_for_every_member_even_with_a_stale_payload() {
         let u = stack.state().user(&dir, uid).await.expect("read").expect("stored");
         assert!(u.entitlements.is_empty());
     }
+    // The app's read side sees the same: by directory and user, by user id alone, and the group's members.
+    let reader = dsync::view::EntitlementReader::new(stack.dynamo.clone(), &stack.state_table);
+    let first = &admins.user_ids[0];
+    let view = reader.user(&dir, first).await.expect("read").expect("stored");
+    assert!(view.has("admin-console") && view.has("platform-settings") && view.current);
+    assert_eq!(view.groups, [(admins.id.clone(), "Platform Admins".to_string())]);
+    assert_eq!(reader.user_by_id(first).await.expect("read").map(|v| v.directory_id), Some(dir.clone()));
+    let mut expected = admins.user_ids.clone();
+    expected.sort();
+    assert_eq!(reader.group_members(&dir, &admins.id).await.expect("members"), expected);
     // Re-read by id: one GET of the group and one page of its members.
     assert_eq!(stack.sandbox.calls(route::GET_GROUP), 1);
     assert_eq!(stack.sandbox.calls(route::LIST_USERS), 1);
