@@ -310,29 +310,31 @@ impl StateStore for DynamoStateStore {
         read_at: EpochMillis,
         members_read: bool,
     ) -> Result<GroupWrite, StoreError> {
-        let mut set =
-            String::from("SET kind = :kind, directory_id = :dir, group_id = :gid, deleted = :deleted, #read_at = :t");
+        let mut set = vec![
+            "kind = :kind",
+            "directory_id = :dir",
+            "group_id = :gid",
+            "deleted = :deleted",
+            "#read_at = :t",
+        ];
+        if members_read {
+            set.push("members_read_at_ms = :t");
+        }
         let mut up = self
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(self.key(dir, group_sk(gid))));
-        match name {
+            .set_key(Some(self.key(dir, group_sk(gid))))
+            .expression_attribute_names("#name", "name");
+        let remove = match name {
             Some(nm) => {
-                set.push_str(", #name = :name");
-                up = up
-                    .expression_attribute_names("#name", "name")
-                    .expression_attribute_values(":name", s(nm));
+                set.push("#name = :name");
+                up = up.expression_attribute_values(":name", s(nm));
+                ""
             }
-            None => {
-                set.push_str(" REMOVE #name");
-                up = up.expression_attribute_names("#name", "name");
-            }
-        }
-        if members_read {
-            // REMOVE must come last; rebuild with the extra SET term first.
-            set = set.replacen("#read_at = :t", "#read_at = :t, members_read_at_ms = :t", 1);
-        }
+            None => " REMOVE #name",
+        };
+        let set = format!("SET {}{remove}", set.join(", "));
         let result = up
             .update_expression(set)
             .condition_expression(FENCE)

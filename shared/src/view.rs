@@ -47,7 +47,9 @@ pub struct EntitlementReader {
 
 impl EntitlementReader {
     pub fn new(client: aws_sdk_dynamodb::Client, state_table: impl Into<String>) -> Self {
-        EntitlementReader { store: DynamoStateStore::new(client, state_table) }
+        EntitlementReader {
+            store: DynamoStateStore::new(client, state_table),
+        }
     }
 
     /// A user's entitlements (strongly consistent read). `None` if the user was never seen.
@@ -69,8 +71,14 @@ impl EntitlementReader {
 
     /// Every user of a directory with their entitlements, sorted by user id.
     pub async fn directory(&self, directory_id: &str) -> Result<Vec<UserEntitlements>, StoreError> {
-        let mut users: Vec<UserEntitlements> =
-            self.store.snapshot(directory_id).await?.users.into_iter().map(Into::into).collect();
+        let mut users: Vec<UserEntitlements> = self
+            .store
+            .snapshot(directory_id)
+            .await?
+            .users
+            .into_iter()
+            .map(Into::into)
+            .collect();
         users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
         Ok(users)
     }

@@ -398,11 +398,13 @@ async fn initial_sync_costs_list_calls_not_per_user_gets() {
     );
 }
 
-/// Delegates to WorkOS, but holds the *result* of one call until released: a read that began
-/// early and finishes late.
+/// Delegates to WorkOS, but holds the *result* of some calls until released: a read that began
+/// early and finishes late, or a run that hangs until it is killed.
 struct Gated<A> {
     inner: A,
     gate: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Only `list_user_groups` for this user is held (when set).
+    hold_user: Option<String>,
 }
 
 impl<A: DirectoryApi> DirectoryApi for Gated<A> {
@@ -413,11 +415,17 @@ impl<A: DirectoryApi> DirectoryApi for Gated<A> {
         self.inner.get_group(d, g, b).await
     }
     async fn list_user_groups(&self, d: &str, u: &str, b: &CallBudget) -> Result<Vec<DirGroup>, ApiError> {
-        self.inner.list_user_groups(d, u, b).await
+        let result = self.inner.list_user_groups(d, u, b).await;
+        if self.hold_user.as_deref() == Some(u) {
+            let _permit = self.gate.acquire().await;
+        }
+        result
     }
     async fn list_group_users(&self, d: &str, g: &str, b: &CallBudget) -> Result<Vec<DirUser>, ApiError> {
         let result = self.inner.list_group_users(d, g, b).await;
-        let _permit = self.gate.acquire().await;
+        if self.hold_user.is_none() {
+            let _permit = self.gate.acquire().await;
+        }
         result
     }
     async fn list_directory_users(&self, d: &str, b: &CallBudget) -> Result<Vec<DirUser>, ApiError> {
@@ -443,6 +451,7 @@ async fn overlapping_reconciles_keep_the_newer_state() {
         Gated {
             inner: stack.workos(),
             gate: gate.clone(),
+            hold_user: None,
         },
         config(ADMIN_RULE),
     );
@@ -489,4 +498,145 @@ async fn overlapping_reconciles_keep_the_newer_state() {
 async fn config_for_rules_is_checked() {
     assert!(dsync::rules::Rules::parse("{\"by_group_id\":{\"g\":\"not-a-list\"}}").is_err());
     let _unused: ProcessorConfig = config("{}");
+}
+
+#[tokio::test]
+async fn a_crash_mid_batch_loses_nothing_and_repeats_nothing() {
+    let stack = Stack::new().await;
+    let seeded = stack
+        .sandbox
+        .seed_directory(SeedSpec::new("Crash").group("Enterprise Admins", 3));
+    let dir = seeded.directory_id.clone();
+    let events: Vec<workos_sandbox::Event> = stack
+        .sandbox
+        .events()
+        .into_iter()
+        .filter(|e| e.event == "dsync.user.created")
+        .collect();
+    let records: Vec<Record> = events.iter().map(record).collect();
+    let stuck_user = seeded.groups[0].user_ids[2].clone();
+
+    // The first run hangs on one user's read and is killed while the other two are done.
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let hanging = std::sync::Arc::new(stack.processor_with(
+        Gated {
+            inner: stack.workos(),
+            gate,
+            hold_user: Some(stuck_user.clone()),
+        },
+        config(ADMIN_RULE),
+    ));
+    let lease_ends = deadline_in(Duration::from_secs(8));
+    let run = {
+        let (p, r) = (hanging.clone(), records.clone());
+        tokio::spawn(async move { p.process_batch(&r, lease_ends).await })
+    };
+    let done_before_crash = async {
+        loop {
+            let mut done = 0;
+            for uid in &seeded.groups[0].user_ids[..2] {
+                if stack
+                    .state()
+                    .user(&dir, uid)
+                    .await
+                    .expect("read")
+                    .is_some_and(|u| u.is_current() && !u.entitlements.is_empty())
+                {
+                    done += 1;
+                }
+            }
+            if done == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), done_before_crash)
+        .await
+        .expect("two users processed");
+    tokio::time::sleep(Duration::from_millis(300)).await; // let their claims be marked completed
+    run.abort();
+    let finished = run.await;
+    assert!(finished.is_err(), "the run was killed, not finished: {finished:?}");
+
+    // Redelivered at once: the finished ones are duplicates; the stuck one is still leased.
+    let p = stack.processor(ADMIN_RULE);
+    stack.sandbox.reset_calls();
+    let out = p.process_batch(&records, minute()).await;
+    assert_eq!(
+        out.iter()
+            .filter(|o| matches!(o, RecordOutcome::Duplicate { .. }))
+            .count(),
+        2,
+        "{out:?}"
+    );
+    assert_eq!(out.iter().filter(|o| o.is_failure()).count(), 1, "{out:?}");
+    assert_eq!(
+        stack.sandbox.calls(route::GET_USER),
+        0,
+        "nothing re-read for finished events"
+    );
+
+    // After the crashed run's lease ends, the last one is taken over and finished.
+    while SystemClock.now() <= lease_ends {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = p.process_batch(&records, minute()).await;
+    assert_eq!(
+        out.iter().filter(|o| done_how(o) == Some("refetched")).count(),
+        1,
+        "{out:?}"
+    );
+    assert_eq!(stack.sandbox.calls(route::GET_USER), 1);
+    let u = stack
+        .state()
+        .user(&dir, &stuck_user)
+        .await
+        .expect("read")
+        .expect("stored");
+    assert_eq!(u.entitlements, vec!["admin-console".to_string()]);
+}
+
+#[tokio::test]
+async fn the_lambda_handler_reports_only_the_failed_records() {
+    let stack = Stack::new().await;
+    let seeded = stack
+        .sandbox
+        .seed_directory(SeedSpec::new("Lambda").group("Enterprise Admins", 1));
+    let ok = stack
+        .sandbox
+        .events()
+        .into_iter()
+        .find(|e| e.event == "dsync.user.created")
+        .expect("created");
+    let ok_body = String::from_utf8_lossy(&ok.to_body()).into_owned();
+    // One record fails for a passing reason: WorkOS rate-limits it for longer than the deadline.
+    let failing_body = serde_json::json!({
+        "id": "event_will_fail", "event": "dsync.group.updated", "created_at": "2026-11-25T10:00:00.000Z",
+        "data": {"id": seeded.groups[0].id, "directory_id": seeded.directory_id}
+    })
+    .to_string();
+    stack.sandbox.inject(route::GET_GROUP, 10, Fault::rate_limited(30));
+    let event: aws_lambda_events::event::sqs::SqsEvent = serde_json::from_value(serde_json::json!({
+        "Records": [
+            {"messageId": "m-ok", "receiptHandle": "r1", "body": ok_body, "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1764064800000"},
+             "messageAttributes": {"source": {"stringValue": "webhook", "dataType": "String"}}, "eventSource": "aws:sqs"},
+            {"messageId": "m-poison", "receiptHandle": "r2", "body": "{not json", "attributes": {}, "messageAttributes": {}},
+            {"messageId": "m-fail", "receiptHandle": "r3", "body": failing_body, "attributes": {}, "messageAttributes": {}}
+        ]
+    }))
+    .expect("an SQS event as Lambda delivers it");
+    let p = stack.processor(ADMIN_RULE);
+    let response = dsync::processor::lambda::handle(&p, event, deadline_in(Duration::from_secs(6))).await;
+    let failed: Vec<&str> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    assert_eq!(failed, ["m-fail"]);
+    let wire = serde_json::to_value(&response).expect("serialize");
+    assert_eq!(
+        wire,
+        serde_json::json!({"batchItemFailures": [{"itemIdentifier": "m-fail"}]})
+    );
 }

@@ -100,3 +100,62 @@ impl ProcessorEnv {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn base() -> HashMap<String, String> {
+        env(&[
+            (ENV_EVENTS_TABLE, "events"),
+            (ENV_STATE_TABLE, "state"),
+            (ENV_API_KEY, "sk_test_secretkey"),
+        ])
+    }
+
+    #[test]
+    fn defaults() {
+        let e = ProcessorEnv::from_env(&base()).expect("config");
+        assert_eq!(e.api_base_url, "https://api.workos.com");
+        assert_eq!(e.config.claim_ttl, Duration::from_secs(30 * 86_400));
+        assert_eq!(e.config.reconcile_threshold, 5);
+        assert!(
+            !format!("{e:?}").contains("secretkey"),
+            "the API key must not show in Debug"
+        );
+    }
+
+    #[test]
+    fn each_required_setting_is_named_when_missing() {
+        for k in [ENV_EVENTS_TABLE, ENV_STATE_TABLE, ENV_API_KEY] {
+            let mut m = base();
+            m.remove(k);
+            assert_eq!(ProcessorEnv::from_env(&m).err(), Some(ConfigError::Missing(k)));
+        }
+    }
+
+    #[test]
+    fn invalid_settings_are_refused_at_init() {
+        for (k, v) in [
+            (ENV_RULES, "{\"by_group_id\":{\"g\":\"x\"}}"),
+            (ENV_RULES, "not json"),
+            (ENV_API_BASE_URL, "api.workos.com"),
+            (ENV_CLAIM_TTL_DAYS, "0"),
+            (ENV_CLAIM_TTL_DAYS, "many"),
+            (ENV_RECONCILE_THRESHOLD, "1"),
+            (ENV_SKIP_MARGIN_MS, "-1"),
+        ] {
+            let mut m = base();
+            m.insert(k.to_string(), v.to_string());
+            match ProcessorEnv::from_env(&m) {
+                Err(ConfigError::Invalid { name, .. }) => assert_eq!(name, k, "{k}={v}"),
+                other => panic!("{k}={v}: {other:?}"),
+            }
+        }
+    }
+}

@@ -172,6 +172,8 @@ impl<A: DirectoryApi, C: ClaimStore, S: StateStore, K: Clock> Processor<A, C, S,
             .partition(|(action, _)| matches!(action, Action::Purge { .. }));
         let budget_deadline = deadline.saturating_sub(self.config.reserve);
         for phase in [others, purges] {
+            // Each action's events are completed (or released) as soon as it ends, so a crash
+            // later in the batch does not make finished work run again.
             let results = stream::iter(phase.into_iter().map(|(action, events)| async move {
                 let budget = CallBudget::until(budget_deadline);
                 let latest = events.iter().filter_map(|c| c.event.created_at).max();
@@ -179,15 +181,20 @@ impl<A: DirectoryApi, C: ClaimStore, S: StateStore, K: Clock> Processor<A, C, S,
                 let result = self
                     .execute(&action, if all_dated { latest } else { None }, &budget)
                     .await;
-                (action, events, result, budget.calls())
+                let mut finished = Vec::with_capacity(events.len());
+                for c in &events {
+                    finished.push((
+                        c.index,
+                        self.finish(c, &action, &result, budget.calls(), expires_at).await,
+                    ));
+                }
+                finished
             }))
             .buffer_unordered(self.config.concurrency)
             .collect::<Vec<_>>()
             .await;
-            for (action, events, result, calls) in results {
-                for c in events {
-                    outcomes[c.index] = Some(self.finish(&c, &action, &result, calls, expires_at).await);
-                }
+            for (i, outcome) in results.into_iter().flatten() {
+                outcomes[i] = Some(outcome);
             }
         }
 

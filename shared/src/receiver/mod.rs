@@ -224,14 +224,14 @@ impl<Q: EventQueue, C: Clock> Receiver<Q, C> {
                 "webhook queued"
             ),
             Outcome::Unauthorized(e) => {
-                tracing::warn!(outcome = "rejected", reason = e.kind(), source_ip = ?req.source_ip, "webhook rejected")
+                tracing::warn!(outcome = "rejected", reason = e.kind(), source_ip = %req.source_ip.map(|ip| ip.to_string()).unwrap_or_default(), "webhook rejected")
             }
             Outcome::Unavailable => {}
             other => tracing::warn!(
                 outcome = "refused",
                 status = other.status().as_u16(),
                 reason = other.public_message(),
-                source_ip = ?req.source_ip,
+                source_ip = %req.source_ip.map(|ip| ip.to_string()).unwrap_or_default(),
                 "webhook refused"
             ),
         }
