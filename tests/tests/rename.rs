@@ -108,7 +108,10 @@ async fn group_rename_converges_for_every_member_even_with_a_stale_payload() {
     let view = reader.user(&dir, first).await.expect("read").expect("stored");
     assert!(view.has("admin-console") && view.has("platform-settings") && view.current);
     assert_eq!(view.groups, [(admins.id.clone(), "Platform Admins".to_string())]);
-    assert_eq!(reader.user_by_id(first).await.expect("read").map(|v| v.directory_id), Some(dir.clone()));
+    assert_eq!(
+        reader.user_by_id(first).await.expect("read").map(|v| v.directory_id),
+        Some(dir.clone())
+    );
     let mut expected = admins.user_ids.clone();
     expected.sort();
     assert_eq!(reader.group_members(&dir, &admins.id).await.expect("members"), expected);
