@@ -10,7 +10,7 @@ use std::future::Future;
 use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
 
 use crate::clock::{EpochMillis, EpochSeconds};
-use crate::dynamo::{get_n, get_s, is_condition_failed, n, s, sdk_error, StoreError};
+use crate::dynamo::{applied, get_n, get_s, is_condition_failed, n, s, sdk_error, StoreError};
 use crate::schema::events::{KEY, TTL};
 
 pub const IN_PROGRESS: &str = "IN_PROGRESS";
@@ -162,11 +162,7 @@ impl ClaimStore for DynamoClaimStore {
             .expression_attribute_values(":token", s(c.token))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failed(&e) => Ok(false),
-            Err(e) => Err(sdk_error(e)),
-        }
+        applied(result)
     }
 
     async fn release(&self, event_id: &str, token: &str) -> Result<(), StoreError> {
@@ -182,11 +178,7 @@ impl ClaimStore for DynamoClaimStore {
             .expression_attribute_values(":in_progress", s(IN_PROGRESS))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failed(&e) => Ok(()),
-            Err(e) => Err(sdk_error(e)),
-        }
+        applied(result).map(|_| ())
     }
 
     async fn record_invalid(
@@ -209,11 +201,7 @@ impl ClaimStore for DynamoClaimStore {
             .expression_attribute_names("#k", KEY)
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failed(&e) => Ok(()),
-            Err(e) => Err(sdk_error(e)),
-        }
+        applied(result).map(|_| ())
     }
 }
 

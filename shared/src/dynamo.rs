@@ -65,3 +65,16 @@ where
 {
     e.as_service_error().and_then(|se| se.code()) == Some("ConditionalCheckFailedException")
 }
+
+/// A conditional write's result: `Ok(true)` when applied, `Ok(false)` when its condition failed
+/// (someone newer was first), an error otherwise.
+pub fn applied<T, E>(result: Result<T, aws_sdk_dynamodb::error::SdkError<E>>) -> Result<bool, StoreError>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if is_condition_failed(&e) => Ok(false),
+        Err(e) => Err(sdk_error(e)),
+    }
+}

@@ -26,7 +26,7 @@ use aws_sdk_dynamodb::types::{
 use crate::clock::EpochMillis;
 use crate::directory::UserState;
 use crate::dynamo::{
-    b, get_bool, get_list, get_n, get_s, is_condition_failed, list, n, s, sdk_error, Item, StoreError,
+    applied, b, get_bool, get_list, get_n, get_s, is_condition_failed, list, n, s, sdk_error, Item, StoreError,
 };
 use crate::schema::state::{GSI1, GSI1_PK, GSI1_SK, PK, SK};
 
@@ -401,11 +401,7 @@ impl StateStore for DynamoStateStore {
             .expression_attribute_values(":g1sk", s(dir_pk(dir)))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failed(&e) => Ok(false),
-            Err(e) => Err(sdk_error(e)),
-        }
+        applied(result)
     }
 
     async fn put_edge(
@@ -602,11 +598,7 @@ impl StateStore for DynamoStateStore {
         } else {
             up.condition_expression("#ver = :v")
         };
-        match up.send().await {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failed(&e) => Ok(false),
-            Err(e) => Err(sdk_error(e)),
-        }
+        applied(up.send().await)
     }
 
     async fn snapshot(&self, dir: &str) -> Result<DirectorySnapshot, StoreError> {
@@ -636,11 +628,7 @@ impl StateStore for DynamoStateStore {
             .expression_attribute_values(":t", n(read_at.0))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failed(&e) => Ok(()),
-            Err(e) => Err(sdk_error(e)),
-        }
+        applied(result).map(|_| ())
     }
 
     async fn full_read_at(&self, dir: &str) -> Result<Option<EpochMillis>, StoreError> {
