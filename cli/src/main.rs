@@ -2,6 +2,7 @@
 //! `AWS_ENDPOINT_URL` for the local stand-ins).
 
 mod dlq;
+mod load;
 mod process;
 mod show;
 mod stack;
@@ -53,6 +54,17 @@ enum Command {
     /// SQS queues.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Send many signed events to a receiver and report latency and throughput (benchmarks).
+    Load {
+        #[arg(long)]
+        url: String,
+        #[arg(long, env = "WORKOS_WEBHOOK_SECRET", hide_env_values = true)]
+        secret: String,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
     /// The pipeline's tables and queues.
     #[command(subcommand)]
     Stack(StackCommand),
@@ -292,6 +304,37 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Dlq(DlqCommand::Redrive { from, to, max }) => dlq::redrive(&from, &to, max).await,
         Command::Reconcile { queue_url, directory } => process::request_reconcile(&queue_url, &directory).await,
         Command::Process(args) => process::run(&args).await,
+        Command::Load {
+            url,
+            secret,
+            count,
+            concurrency,
+        } => {
+            let secret = secret
+                .split(',')
+                .map(str::trim)
+                .find(|s| !s.is_empty())
+                .ok_or("the secret is empty")?;
+            let s = load::run(&url, secret, count, concurrency).await?;
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            println!(
+                "sent {} ok {} failed {} in {:.2} s: {:.0} req/s; latency ms p50 {:.1} p95 {:.1} p99 {:.1} max {:.1}",
+                s.sent,
+                s.ok,
+                s.failed,
+                s.elapsed.as_secs_f64(),
+                s.ok as f64 / s.elapsed.as_secs_f64().max(1e-9),
+                ms(s.p50),
+                ms(s.p95),
+                ms(s.p99),
+                ms(s.max)
+            );
+            if s.failed > 0 {
+                Err(format!("{} requests failed", s.failed))
+            } else {
+                Ok(())
+            }
+        }
     }
 }
 
