@@ -25,8 +25,10 @@ pub struct ProcessorConfig {
     pub skip_margin: Duration,
     /// This many per-object events for one directory in a batch become one directory-wide reconcile.
     pub reconcile_threshold: usize,
-    /// Records, actions and recomputes run this many at a time.
+    /// Records and actions of a batch run this many at a time.
     pub concurrency: usize,
+    /// DynamoDB writes and recomputes of independent items run this many at a time.
+    pub store_concurrency: usize,
     /// Kept free before the invocation deadline for releasing claims and answering.
     pub reserve: Duration,
 }
@@ -39,6 +41,7 @@ impl Default for ProcessorConfig {
             skip_margin: Duration::from_secs(5),
             reconcile_threshold: 5,
             concurrency: 4,
+            store_concurrency: 16,
             reserve: super::DEFAULT_RESERVE,
         }
     }

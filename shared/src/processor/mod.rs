@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
+use futures::TryFutureExt;
 
 use crate::claims::{ClaimRequest, ClaimResult, ClaimStore, Completion};
 use crate::clock::{Clock, EpochMillis, EpochSeconds};
@@ -412,49 +413,88 @@ impl<A: DirectoryApi, C: ClaimStore, S: StateStore, K: Clock> Processor<A, C, S,
         }
         // Stamp every listed group and user as read at `read_at` before touching edges, so no
         // older read can add an edge we are about to decide on; then read what is stored.
-        for g in &groups {
-            self.state.put_group(dir, &g.id, Some(&g.name), read_at, true).await?;
-        }
-        for u in &users {
-            self.state.put_user_state(dir, &u.id, &u.state, read_at, true).await?;
-        }
+        let n = self.config.store_concurrency;
+        let stamp_groups = groups
+            .iter()
+            .map(|g| {
+                self.state
+                    .put_group(dir, &g.id, Some(&g.name), read_at, true)
+                    .map_ok(drop)
+            })
+            .collect::<Vec<_>>();
+        all(stamp_groups, n).await?;
+        let stamp_users = users
+            .iter()
+            .map(|u| {
+                self.state
+                    .put_user_state(dir, &u.id, &u.state, read_at, true)
+                    .map_ok(drop)
+            })
+            .collect::<Vec<_>>();
+        all(stamp_users, n).await?;
         let stored = self.state.snapshot(dir).await?;
         let listed_groups: HashSet<&str> = groups.iter().map(|g| g.id.as_str()).collect();
-        for g in stored
+        let gone_groups = stored
             .groups
             .iter()
             .filter(|g| g.name.is_some() && !listed_groups.contains(g.group_id.as_str()))
-        {
-            self.state.put_group(dir, &g.group_id, None, read_at, true).await?;
-        }
+            .map(|g| self.state.put_group(dir, &g.group_id, None, read_at, true).map_ok(drop))
+            .collect::<Vec<_>>();
+        all(gone_groups, n).await?;
         let listed_users: HashSet<&str> = users.iter().map(|u| u.id.as_str()).collect();
-        for u in stored
+        let gone_users = stored
             .users
             .iter()
-            .filter(|u| !listed_users.contains(u.user_id.as_str()))
-        {
-            if u.state.as_ref() != Some(&UserState::Deleted) {
+            .filter(|u| !listed_users.contains(u.user_id.as_str()) && u.state.as_ref() != Some(&UserState::Deleted))
+            .map(|u| {
                 self.state
                     .put_user_state(dir, &u.user_id, &UserState::Deleted, read_at, true)
-                    .await?;
-            }
-        }
+                    .map_ok(drop)
+            })
+            .collect::<Vec<_>>();
+        all(gone_users, n).await?;
+        // Edge writes check their group's item in a transaction, and transactions on one item
+        // conflict: one group's edges go one at a time, different groups in parallel.
+        let mut by_group: BTreeMap<&str, Vec<(&str, bool)>> = BTreeMap::new();
         for (uid, gid) in &edges {
-            self.state.put_edge(dir, uid, gid, true, read_at).await?;
+            by_group.entry(gid.as_str()).or_default().push((uid.as_str(), true));
         }
         for e in stored
             .edges
             .iter()
             .filter(|e| e.member && !edges.contains(&(e.user_id.clone(), e.group_id.clone())))
         {
-            self.state
-                .put_edge(dir, &e.user_id, &e.group_id, false, read_at)
-                .await?;
+            by_group
+                .entry(e.group_id.as_str())
+                .or_default()
+                .push((e.user_id.as_str(), false));
         }
+        all(
+            by_group
+                .iter()
+                .map(|(gid, members)| self.put_edges_of_group(dir, gid, members, read_at))
+                .collect(),
+            n,
+        )
+        .await?;
         let mut affected: BTreeSet<String> = users.iter().map(|u| u.id.clone()).collect();
         affected.extend(stored.users.into_iter().map(|u| u.user_id));
         self.bump_and_recompute(dir, affected).await?;
         self.state.set_full_read_at(dir, read_at).await?;
+        Ok(())
+    }
+
+    /// One group's edges, one at a time (see `reconcile`).
+    async fn put_edges_of_group(
+        &self,
+        dir: &str,
+        gid: &str,
+        members: &[(&str, bool)],
+        read_at: EpochMillis,
+    ) -> Result<(), StoreError> {
+        for (uid, member) in members {
+            self.state.put_edge(dir, uid, gid, *member, read_at).await?;
+        }
         Ok(())
     }
 
@@ -463,7 +503,7 @@ impl<A: DirectoryApi, C: ClaimStore, S: StateStore, K: Clock> Processor<A, C, S,
             self.state.bump(dir, &uid).await?;
             self.recompute(dir, &uid).await
         }))
-        .buffer_unordered(self.config.concurrency)
+        .buffer_unordered(self.config.store_concurrency)
         .collect::<Vec<_>>()
         .await;
         results.into_iter().collect()
@@ -509,6 +549,20 @@ impl<A: DirectoryApi, C: ClaimStore, S: StateStore, K: Clock> Processor<A, C, S,
         // Someone bumped the version after us each time; the last to bump recomputes.
         Ok(())
     }
+}
+
+/// Run the futures, `n` at a time; the first error wins.
+/// (A `Vec`, not an iterator: an iterator's closures held across the await defeat the `Send`
+/// inference of the caller's future, a known rustc limitation.)
+async fn all<F>(futures: Vec<F>, n: usize) -> Result<(), ProcessError>
+where
+    F: std::future::Future<Output = Result<(), StoreError>>,
+{
+    let results: Vec<Result<(), StoreError>> = stream::iter(futures).buffer_unordered(n.max(1)).collect().await;
+    results
+        .into_iter()
+        .collect::<Result<(), StoreError>>()
+        .map_err(ProcessError::from)
 }
 
 /// A token unique to one claim attempt.
