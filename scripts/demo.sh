@@ -200,6 +200,8 @@ echo "directory $DIRECTORY_ID: \"Enterprise Admins\" $ADMINS_ID, \"Engineering\"
 wait_delivered
 
 export WORKOS_API_KEY="$API_KEY" WORKOS_API_BASE_URL="$SANDBOX"
+# One DynamoDB write at a time: moto's TransactWriteItems is not safe against concurrent writes.
+export STORE_CONCURRENCY=1
 export ENTITLEMENT_RULES="{\"by_group_id\":{\"$ADMINS_ID\":[\"admin-console\"]},\"by_group_name\":{\"Platform Admins\":[\"audit-log\"]}}"
 echo "ENTITLEMENT_RULES=$ENTITLEMENT_RULES"
 
@@ -261,7 +263,7 @@ echo "$px_pid" >"$DEMO_DIR/process.pid" && echo "$BIN/dsync process" >"$DEMO_DIR
 if [ "$started_moto" = 1 ]; then echo "$MOTO_PORT" >"$DEMO_DIR/moto.port"; fi
 {
   scripts/emu.sh env
-  for v in EVENTS_TABLE STATE_TABLE EVENTS_QUEUE_URL DLQ_URL WORKOS_API_KEY WORKOS_API_BASE_URL ENTITLEMENT_RULES; do
+  for v in EVENTS_TABLE STATE_TABLE EVENTS_QUEUE_URL DLQ_URL WORKOS_API_KEY WORKOS_API_BASE_URL ENTITLEMENT_RULES STORE_CONCURRENCY; do
     printf 'export %s=%q\n' "$v" "${!v}"
   done
   printf 'export WORKOS_WEBHOOK_SECRET=%q\n' "$SECRET"

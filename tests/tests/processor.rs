@@ -374,6 +374,9 @@ async fn initial_sync_costs_list_calls_not_per_user_gets() {
     for batch in events.chunks(10) {
         let records: Vec<Record> = batch.iter().map(record).collect();
         for o in p.process_batch(&records, minute()).await {
+            if let RecordOutcome::Retry { reason } = &o {
+                eprintln!("retry: {reason}");
+            }
             *how.entry(done_how(&o).unwrap_or("not done")).or_default() += 1;
         }
     }
@@ -382,7 +385,7 @@ async fn initial_sync_costs_list_calls_not_per_user_gets() {
     // already reflected by that read.
     assert!(
         calls <= 10,
-        "{calls} calls for 250 users: {:?}",
+        "{calls} calls for 250 users: {:?} {how:?}",
         stack.sandbox.call_stats()
     );
     assert_eq!(how.get("reconciled"), Some(&10), "{how:?}");

@@ -13,6 +13,7 @@ pub const ENV_RULES: &str = "ENTITLEMENT_RULES";
 pub const ENV_CLAIM_TTL_DAYS: &str = "CLAIM_TTL_DAYS";
 pub const ENV_RECONCILE_THRESHOLD: &str = "RECONCILE_THRESHOLD";
 pub const ENV_SKIP_MARGIN_MS: &str = "SKIP_MARGIN_MS";
+pub const ENV_STORE_CONCURRENCY: &str = "STORE_CONCURRENCY";
 
 /// How the processor behaves (independent of where its ports lead).
 #[derive(Debug, Clone)]
@@ -41,7 +42,7 @@ impl Default for ProcessorConfig {
             skip_margin: Duration::from_secs(5),
             reconcile_threshold: 5,
             concurrency: 4,
-            store_concurrency: 16,
+            store_concurrency: 8,
             reserve: super::DEFAULT_RESERVE,
         }
     }
@@ -88,6 +89,13 @@ impl ProcessorEnv {
             });
         }
         let skip_margin_ms: u64 = env.parsed_or(ENV_SKIP_MARGIN_MS, 5000)?;
+        let store_concurrency: usize = env.parsed_or(ENV_STORE_CONCURRENCY, 8)?;
+        if !(1..=64).contains(&store_concurrency) {
+            return Err(ConfigError::Invalid {
+                name: ENV_STORE_CONCURRENCY,
+                why: "must be 1 to 64".into(),
+            });
+        }
         Ok(ProcessorEnv {
             events_table,
             state_table,
@@ -98,6 +106,7 @@ impl ProcessorEnv {
                 claim_ttl: Duration::from_secs(ttl_days * 86_400),
                 skip_margin: Duration::from_millis(skip_margin_ms),
                 reconcile_threshold,
+                store_concurrency,
                 ..ProcessorConfig::default()
             },
         })
@@ -152,6 +161,7 @@ mod tests {
             (ENV_CLAIM_TTL_DAYS, "many"),
             (ENV_RECONCILE_THRESHOLD, "1"),
             (ENV_SKIP_MARGIN_MS, "-1"),
+            (ENV_STORE_CONCURRENCY, "0"),
         ] {
             let mut m = base();
             m.insert(k.to_string(), v.to_string());

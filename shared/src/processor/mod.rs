@@ -389,13 +389,20 @@ impl<A: DirectoryApi, C: ClaimStore, S: StateStore, K: Clock> Processor<A, C, S,
             .await?;
         let stored: BTreeSet<String> = self.state.group_member_ids(dir, gid).await?.into_iter().collect();
         let listed: BTreeSet<String> = members.iter().map(|u| u.id.clone()).collect();
-        for u in &members {
-            self.state.put_edge(dir, &u.id, gid, true, read_at).await?;
-            self.state.put_user_state(dir, &u.id, &u.state, read_at, false).await?;
-        }
-        for uid in stored.difference(&listed) {
-            self.state.put_edge(dir, uid, gid, false, read_at).await?;
-        }
+        let states = members
+            .iter()
+            .map(|u| {
+                self.state
+                    .put_user_state(dir, &u.id, &u.state, read_at, false)
+                    .map_ok(drop)
+            })
+            .collect::<Vec<_>>();
+        all(states, self.config.store_concurrency).await?;
+        let changes = listed
+            .iter()
+            .map(|uid| (uid.as_str(), gid, true))
+            .chain(stored.difference(&listed).map(|uid| (uid.as_str(), gid, false)));
+        self.write_edges(dir, changes, read_at).await?;
         self.bump_and_recompute(dir, listed.union(&stored).cloned().collect())
             .await
     }
@@ -453,30 +460,16 @@ impl<A: DirectoryApi, C: ClaimStore, S: StateStore, K: Clock> Processor<A, C, S,
             })
             .collect::<Vec<_>>();
         all(gone_users, n).await?;
-        // Edge writes check their group's item in a transaction, and transactions on one item
-        // conflict: one group's edges go one at a time, different groups in parallel.
-        let mut by_group: BTreeMap<&str, Vec<(&str, bool)>> = BTreeMap::new();
-        for (uid, gid) in &edges {
-            by_group.entry(gid.as_str()).or_default().push((uid.as_str(), true));
-        }
-        for e in stored
+        let removed = stored
             .edges
             .iter()
             .filter(|e| e.member && !edges.contains(&(e.user_id.clone(), e.group_id.clone())))
-        {
-            by_group
-                .entry(e.group_id.as_str())
-                .or_default()
-                .push((e.user_id.as_str(), false));
-        }
-        all(
-            by_group
-                .iter()
-                .map(|(gid, members)| self.put_edges_of_group(dir, gid, members, read_at))
-                .collect(),
-            n,
-        )
-        .await?;
+            .map(|e| (e.user_id.as_str(), e.group_id.as_str(), false));
+        let changes = edges
+            .iter()
+            .map(|(uid, gid)| (uid.as_str(), gid.as_str(), true))
+            .chain(removed);
+        self.write_edges(dir, changes, read_at).await?;
         let mut affected: BTreeSet<String> = users.iter().map(|u| u.id.clone()).collect();
         affected.extend(stored.users.into_iter().map(|u| u.user_id));
         self.bump_and_recompute(dir, affected).await?;
@@ -484,7 +477,27 @@ impl<A: DirectoryApi, C: ClaimStore, S: StateStore, K: Clock> Processor<A, C, S,
         Ok(())
     }
 
-    /// One group's edges, one at a time (see `reconcile`).
+    /// Write membership edges `(user, group, member)`. Each write checks its group's item in a
+    /// transaction, and transactions on one item conflict: one group's edges go one at a time,
+    /// different groups in parallel.
+    async fn write_edges<'a>(
+        &self,
+        dir: &str,
+        changes: impl Iterator<Item = (&'a str, &'a str, bool)>,
+        read_at: EpochMillis,
+    ) -> Result<(), ProcessError> {
+        let mut by_group: BTreeMap<&str, Vec<(&str, bool)>> = BTreeMap::new();
+        for (uid, gid, member) in changes {
+            by_group.entry(gid).or_default().push((uid, member));
+        }
+        let writes = by_group
+            .iter()
+            .map(|(gid, members)| self.put_edges_of_group(dir, gid, members, read_at))
+            .collect::<Vec<_>>();
+        all(writes, self.config.store_concurrency).await
+    }
+
+    /// Edges of one group, one at a time (see `write_edges`).
     async fn put_edges_of_group(
         &self,
         dir: &str,
