@@ -256,6 +256,23 @@ pub mod stack {
             DynamoClaimStore::new(self.dynamo.clone(), &self.events_table)
         }
 
+        /// A stored user, which must exist.
+        pub async fn user(&self, dir: &str, uid: &str) -> dsync::state::StoredUser {
+            use dsync::state::StateStore;
+            self.state()
+                .user(dir, uid)
+                .await
+                .expect("read the state table")
+                .expect("user stored")
+        }
+
+        /// The first (or, with `last`, the latest) event of a kind the sandbox recorded.
+        pub fn event(&self, kind: &str, last: bool) -> workos_sandbox::Event {
+            let mut events = self.sandbox.events().into_iter().filter(|e| e.event == kind);
+            let found = if last { events.next_back() } else { events.next() };
+            found.unwrap_or_else(|| panic!("no {kind} event recorded"))
+        }
+
         pub fn processor(&self, rules: &str) -> RealProcessor {
             self.processor_with(self.workos(), config(rules))
         }

@@ -20,16 +20,6 @@ fn minute() -> EpochMillis {
     deadline_in(Duration::from_secs(60))
 }
 
-fn last_event(stack: &Stack, kind: &str) -> workos_sandbox::Event {
-    stack
-        .sandbox
-        .events()
-        .into_iter()
-        .rev()
-        .find(|e| e.event == kind)
-        .expect("event recorded")
-}
-
 fn done_how(o: &RecordOutcome) -> Option<&'static str> {
     match o {
         RecordOutcome::Done { how, .. } => Some(how),
@@ -54,7 +44,7 @@ async fn duplicates_cost_one_refetch() {
             },
         )
         .expect("update");
-    let ev = last_event(&stack, "dsync.user.updated");
+    let ev = stack.event("dsync.user.updated", true);
     let p = stack.processor(ADMIN_RULE);
     stack.sandbox.reset_calls();
 
@@ -79,12 +69,7 @@ async fn duplicates_cost_one_refetch() {
         1,
         "one re-fetch for three deliveries"
     );
-    let user = stack
-        .state()
-        .user(&seeded.directory_id, uid)
-        .await
-        .expect("read")
-        .expect("stored");
+    let user = stack.user(&seeded.directory_id, uid).await;
     assert_eq!(user.entitlements, vec!["admin-console".to_string()]);
     assert!(user.is_current());
 }
@@ -102,10 +87,10 @@ async fn user_deleted_before_created_leaves_no_entitlements() {
         .create_user(dir, NewUser::new("late@example.com"))
         .expect("user");
     stack.sandbox.add_member(&uid, gid).expect("add");
-    let created = last_event(&stack, "dsync.user.created");
-    let added = last_event(&stack, "dsync.group.user_added");
+    let created = stack.event("dsync.user.created", true);
+    let added = stack.event("dsync.group.user_added", true);
     stack.sandbox.delete_user(&uid).expect("delete");
-    let deleted = last_event(&stack, "dsync.user.deleted");
+    let deleted = stack.event("dsync.user.deleted", true);
     let p = stack.processor(ADMIN_RULE);
 
     // Delivered newest first.
@@ -113,7 +98,7 @@ async fn user_deleted_before_created_leaves_no_entitlements() {
         let out = p.process_batch(&[record(ev)], minute()).await;
         assert!(done_how(&out[0]).is_some(), "{out:?}");
     }
-    let user = stack.state().user(dir, &uid).await.expect("read").expect("stored");
+    let user = stack.user(dir, &uid).await;
     assert_eq!(user.state, Some(dsync::directory::UserState::Deleted));
     assert!(user.entitlements.is_empty(), "{user:?}");
 }
@@ -131,15 +116,15 @@ async fn group_deleted_takes_away_what_it_granted() {
         .expect("initial reconcile");
     let admins = &seeded.groups[0];
     for uid in &admins.user_ids {
-        let u = stack.state().user(dir, uid).await.expect("read").expect("stored");
+        let u = stack.user(dir, uid).await;
         assert_eq!(u.entitlements, vec!["admin-console".to_string()]);
     }
     stack.sandbox.delete_group(&admins.id).expect("delete group");
-    let ev = last_event(&stack, "dsync.group.deleted");
+    let ev = stack.event("dsync.group.deleted", true);
     let out = p.process_batch(&[record(&ev)], minute()).await;
     assert_eq!(done_how(&out[0]), Some("refetched"), "{out:?}");
     for uid in &admins.user_ids {
-        let u = stack.state().user(dir, uid).await.expect("read").expect("stored");
+        let u = stack.user(dir, uid).await;
         assert!(u.entitlements.is_empty(), "{u:?}");
         assert!(!u.group_ids.contains(&admins.id));
     }
@@ -170,7 +155,7 @@ async fn directory_deleted_is_purged() {
     p.reconcile(dir, &CallBudget::until(minute())).await.expect("reconcile");
     assert!(!stack.state().snapshot(dir).await.expect("snapshot").users.is_empty());
     stack.sandbox.delete_directory(dir).expect("delete directory");
-    let ev = last_event(&stack, "dsync.deleted");
+    let ev = stack.event("dsync.deleted", true);
     let out = p.process_batch(&[record(&ev)], minute()).await;
     assert_eq!(done_how(&out[0]), Some("purged"), "{out:?}");
     let snap = stack.state().snapshot(dir).await.expect("snapshot");
@@ -183,12 +168,7 @@ async fn rate_limited_then_processed_after_the_wait() {
     let seeded = stack
         .sandbox
         .seed_directory(SeedSpec::new("RL").group("Enterprise Admins", 1));
-    let ev = stack
-        .sandbox
-        .events()
-        .into_iter()
-        .find(|e| e.event == "dsync.user.created")
-        .expect("created");
+    let ev = stack.event("dsync.user.created", false);
     stack.sandbox.reset_calls();
     stack.sandbox.inject(route::GET_USER, 1, Fault::rate_limited(1));
     let p = stack.processor(ADMIN_RULE);
@@ -203,12 +183,7 @@ async fn rate_limited_then_processed_after_the_wait() {
     assert_eq!(stack.sandbox.calls_with_status(route::GET_USER, 429), 1);
     assert_eq!(stack.sandbox.calls_with_status(route::GET_USER, 200), 1);
     let uid = &seeded.groups[0].user_ids[0];
-    let u = stack
-        .state()
-        .user(&seeded.directory_id, uid)
-        .await
-        .expect("read")
-        .expect("stored");
+    let u = stack.user(&seeded.directory_id, uid).await;
     assert_eq!(u.entitlements, vec!["admin-console".to_string()]);
 }
 
@@ -218,12 +193,7 @@ async fn workos_down_past_the_deadline_releases_the_claim_and_the_retry_succeeds
     stack
         .sandbox
         .seed_directory(SeedSpec::new("Down").group("Enterprise Admins", 1));
-    let ev = stack
-        .sandbox
-        .events()
-        .into_iter()
-        .find(|e| e.event == "dsync.user.created")
-        .expect("created");
+    let ev = stack.event("dsync.user.created", false);
     let p = stack.processor(ADMIN_RULE);
     stack.sandbox.set_outage(true);
     let started = Instant::now();
@@ -258,12 +228,7 @@ async fn a_crashed_runs_claim_is_taken_over_once_its_lease_ends() {
     stack
         .sandbox
         .seed_directory(SeedSpec::new("Crash").group("Enterprise Admins", 1));
-    let ev = stack
-        .sandbox
-        .events()
-        .into_iter()
-        .find(|e| e.event == "dsync.user.created")
-        .expect("created");
+    let ev = stack.event("dsync.user.created", false);
     // A run that claimed the event and died: its lease ends 1.5 s from now.
     let now = SystemClock.now();
     let crashed = ClaimRequest {
@@ -333,12 +298,7 @@ async fn an_event_older_than_the_last_read_is_skipped_without_calls() {
     let seeded = stack
         .sandbox
         .seed_directory(SeedSpec::new("Skip").group("Enterprise Admins", 2));
-    let ev = stack
-        .sandbox
-        .events()
-        .into_iter()
-        .find(|e| e.event == "dsync.user.created")
-        .expect("created");
+    let ev = stack.event("dsync.user.created", false);
     let mut cfg = config(ADMIN_RULE);
     cfg.skip_margin = Duration::from_millis(100);
     let p = stack.processor_with(stack.workos(), cfg);
@@ -477,7 +437,7 @@ async fn overlapping_reconciles_keep_the_newer_state() {
     };
     tokio::join!(old_read, new_read);
 
-    let u = stack.state().user(&dir, &leaver).await.expect("read").expect("stored");
+    let u = stack.user(&dir, &leaver).await;
     assert!(
         u.entitlements.is_empty(),
         "the older read overwrote the newer state: {u:?}"
@@ -488,12 +448,7 @@ async fn overlapping_reconciles_keep_the_newer_state() {
         .await
         .expect("members")
         .contains(&leaver));
-    let stayer = stack
-        .state()
-        .user(&dir, &admins.user_ids[1])
-        .await
-        .expect("read")
-        .expect("stored");
+    let stayer = stack.user(&dir, &admins.user_ids[1]).await;
     assert_eq!(stayer.entitlements, vec!["admin-console".to_string()]);
 }
 
@@ -591,12 +546,7 @@ async fn a_crash_mid_batch_loses_nothing_and_repeats_nothing() {
         "{out:?}"
     );
     assert_eq!(stack.sandbox.calls(route::GET_USER), 1);
-    let u = stack
-        .state()
-        .user(&dir, &stuck_user)
-        .await
-        .expect("read")
-        .expect("stored");
+    let u = stack.user(&dir, &stuck_user).await;
     assert_eq!(u.entitlements, vec!["admin-console".to_string()]);
 }
 
@@ -606,12 +556,7 @@ async fn the_lambda_handler_reports_only_the_failed_records() {
     let seeded = stack
         .sandbox
         .seed_directory(SeedSpec::new("Lambda").group("Enterprise Admins", 1));
-    let ok = stack
-        .sandbox
-        .events()
-        .into_iter()
-        .find(|e| e.event == "dsync.user.created")
-        .expect("created");
+    let ok = stack.event("dsync.user.created", false);
     let ok_body = String::from_utf8_lossy(&ok.to_body()).into_owned();
     // One record fails for a passing reason: WorkOS rate-limits it for longer than the deadline.
     let failing_body = serde_json::json!({

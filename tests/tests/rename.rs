@@ -7,7 +7,6 @@ use dsync::clock::{Clock, SystemClock};
 use dsync::directory::CallBudget;
 use dsync::poller::{drain, PollerConfig};
 use dsync::signature::signature_header;
-use dsync::state::StateStore;
 use integration_tests::stack::{config, Stack};
 use integration_tests::{moto_url, spawn_receiver, sqs, unique};
 use workos_sandbox::{route, SeedSpec, WebhookConfig};
@@ -42,7 +41,7 @@ async fn group_rename_converges_for_every_member_even_with_a_stale_payload() {
     .await
     .expect("initial sync");
     for uid in &admins.user_ids {
-        let u = stack.state().user(&dir, uid).await.expect("read").expect("stored");
+        let u = stack.user(&dir, uid).await;
         assert_eq!(u.entitlements, ["admin-console"]);
         assert_eq!(u.group_names, ["Enterprise Admins"]);
     }
@@ -93,13 +92,13 @@ async fn group_rename_converges_for_every_member_even_with_a_stale_payload() {
     // Every member shows the name WorkOS reports now, keeps the id-keyed entitlement, and the
     // name rule for the new name reached all 50 at once.
     for uid in &admins.user_ids {
-        let u = stack.state().user(&dir, uid).await.expect("read").expect("stored");
+        let u = stack.user(&dir, uid).await;
         assert_eq!(u.group_names, ["Platform Admins"], "{uid}");
         assert_eq!(u.entitlements, ["admin-console", "platform-settings"], "{uid}");
         assert!(u.is_current());
     }
     for uid in &seeded.groups[1].user_ids {
-        let u = stack.state().user(&dir, uid).await.expect("read").expect("stored");
+        let u = stack.user(&dir, uid).await;
         assert!(u.entitlements.is_empty());
     }
     // The app's read side sees the same: by directory and user, by user id alone, and the group's members.
@@ -165,8 +164,8 @@ async fn sandbox_webhooks_flow_through_receiver_queue_and_processor() {
 
     let report = drain(&sqs, &queue, &p, &SystemClock, poller(), 10).await.expect("poll");
     assert_eq!(report.failed, 0, "{report:?}");
-    let leaver_view = stack.state().user(&dir, &leaver).await.expect("read").expect("stored");
+    let leaver_view = stack.user(&dir, &leaver).await;
     assert!(leaver_view.entitlements.is_empty(), "{leaver_view:?}");
-    let joiner_view = stack.state().user(&dir, &joiner).await.expect("read").expect("stored");
+    let joiner_view = stack.user(&dir, &joiner).await;
     assert_eq!(joiner_view.entitlements, ["admin-console"]);
 }
