@@ -169,3 +169,46 @@ async fn sandbox_webhooks_flow_through_receiver_queue_and_processor() {
     let joiner_view = stack.user(&dir, &joiner).await;
     assert_eq!(joiner_view.entitlements, ["admin-console"]);
 }
+
+#[tokio::test]
+async fn the_local_event_source_leaves_failures_for_retry_then_dead_letters_them() {
+    let stack = Stack::new().await;
+    stack
+        .sandbox
+        .seed_directory(SeedSpec::new("Dlq").group("Enterprise Admins", 1));
+    let ev = stack.event("dsync.user.created", false);
+    let p = stack.processor(r#"{"by_group_name":{"Enterprise Admins":["admin-console"]}}"#);
+    let sqs = sqs().await;
+    // Visibility 1 s, dead-lettered on the 2nd receive that fails.
+    let (queue, dlq) = dsync::schema::create_queue_with_dlq(&sqs, &unique("dlq"), 1, 2)
+        .await
+        .expect("queue");
+    sqs.send_message()
+        .queue_url(&queue)
+        .message_body(String::from_utf8_lossy(&ev.to_body()))
+        .send()
+        .await
+        .expect("send");
+    stack.sandbox.set_outage(true);
+    let short = PollerConfig {
+        batch_size: 10,
+        wait: Duration::from_secs(1),
+        function_timeout: Duration::from_secs(4),
+    };
+    let mut failed = 0;
+    for _ in 0..6 {
+        let r = dsync::poller::poll_once(&sqs, &queue, &p, &SystemClock, short)
+            .await
+            .expect("poll");
+        failed += r.failed;
+        assert_eq!(r.deleted, 0, "a failed message must stay on the queue");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    assert_eq!(failed, 2, "received and failed twice, then moved to the DLQ");
+    let dead = integration_tests::drain(&sqs, &dlq).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].body.as_deref(),
+        Some(String::from_utf8_lossy(&ev.to_body()).as_ref())
+    );
+}
