@@ -47,7 +47,8 @@ pub struct WorkosConfig {
     /// Back-off cap for the first retry; doubles per retry up to `max_backoff`.
     pub base_backoff: Duration,
     pub max_backoff: Duration,
-    /// Minimum spacing of `/directory_users` requests for one directory (250 ms = 4 req/s).
+    /// Minimum spacing of `/directory_users` requests for one directory. WorkOS allows 4 req/s;
+    /// 260 ms keeps a little margin for clock and network jitter (Node's SDK waits 350 ms).
     pub directory_users_min_interval: Duration,
     /// Time before `budget.deadline` that no wait or request may cross (left for the caller).
     pub deadline_margin: Duration,
@@ -75,7 +76,7 @@ impl Default for WorkosConfig {
             max_attempts: 4,
             base_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(5),
-            directory_users_min_interval: Duration::from_millis(250),
+            directory_users_min_interval: Duration::from_millis(260),
             deadline_margin: Duration::from_millis(1500),
         }
     }
