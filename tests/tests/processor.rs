@@ -200,9 +200,13 @@ async fn workos_down_past_the_deadline_releases_the_claim_and_the_retry_succeeds
     let deadline = deadline_in(Duration::from_secs(6));
     let out = p.process_batch(&[record(&ev)], deadline).await;
     assert!(out[0].is_failure(), "{out:?}");
+    // It stopped calling WorkOS in time to release its claim: a few attempts, not a retry loop,
+    // and back well within the deadline plus what the claim release costs on a busy moto.
+    let attempts = stack.sandbox.calls_with_status(route::GET_USER, 503);
+    assert!((1..=4).contains(&attempts), "{attempts} attempts");
     assert!(
-        SystemClock.now() < deadline,
-        "gave up after the deadline ({:?})",
+        SystemClock.now() < deadline.saturating_add(Duration::from_secs(3)),
+        "still busy long after the deadline ({:?})",
         started.elapsed()
     );
     // The claim was released: nothing is stored under the event id.
@@ -229,7 +233,7 @@ async fn a_crashed_runs_claim_is_taken_over_once_its_lease_ends() {
         .sandbox
         .seed_directory(SeedSpec::new("Crash").group("Enterprise Admins", 1));
     let ev = stack.event("dsync.user.created", false);
-    // A run that claimed the event and died: its lease ends 1.5 s from now.
+    // A run that claimed the event and died: its lease ends 5 s from now.
     let now = SystemClock.now();
     let crashed = ClaimRequest {
         event_id: &ev.id,
@@ -237,7 +241,7 @@ async fn a_crashed_runs_claim_is_taken_over_once_its_lease_ends() {
         source: "webhook",
         token: "crashed-run",
         now,
-        lease_until: now.saturating_add(Duration::from_millis(1500)),
+        lease_until: now.saturating_add(Duration::from_secs(5)),
         expires_at: now.to_seconds().saturating_add(Duration::from_secs(86_400)),
         received_at: None,
     };
@@ -251,7 +255,7 @@ async fn a_crashed_runs_claim_is_taken_over_once_its_lease_ends() {
         out[0].is_failure(),
         "a live lease must make the message come back later: {out:?}"
     );
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    tokio::time::sleep(Duration::from_millis(5100)).await;
     let out = p.process_batch(&[record(&ev)], minute()).await;
     assert_eq!(done_how(&out[0]), Some("refetched"), "{out:?}");
     // The crashed run can no longer complete or release what is not its claim any more.
@@ -484,7 +488,7 @@ async fn a_crash_mid_batch_loses_nothing_and_repeats_nothing() {
         },
         config(ADMIN_RULE),
     ));
-    let lease_ends = deadline_in(Duration::from_secs(8));
+    let lease_ends = deadline_in(Duration::from_secs(15));
     let run = {
         let (p, r) = (hanging.clone(), records.clone());
         tokio::spawn(async move { p.process_batch(&r, lease_ends).await })
