@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use dsync::claims::{ClaimRequest, ClaimStore};
 use dsync::clock::{Clock, EpochMillis, SystemClock};
 use dsync::directory::{ApiError, CallBudget, DirGroup, DirUser, DirectoryApi};
-use dsync::processor::{ProcessorConfig, Record, RecordOutcome};
+use dsync::processor::{Record, RecordOutcome};
 use dsync::state::StateStore;
 use integration_tests::stack::{config, record, Stack};
 use workos_sandbox::{route, Fault, NewUser, SeedSpec};
@@ -454,12 +454,6 @@ async fn overlapping_reconciles_keep_the_newer_state() {
         .contains(&leaver));
     let stayer = stack.user(&dir, &admins.user_ids[1]).await;
     assert_eq!(stayer.entitlements, vec!["admin-console".to_string()]);
-}
-
-#[tokio::test]
-async fn config_for_rules_is_checked() {
-    assert!(dsync::rules::Rules::parse("{\"by_group_id\":{\"g\":\"not-a-list\"}}").is_err());
-    let _unused: ProcessorConfig = config("{}");
 }
 
 #[tokio::test]

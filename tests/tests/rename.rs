@@ -13,6 +13,19 @@ use workos_sandbox::{route, SeedSpec, WebhookConfig};
 
 const SECRET: &str = "whsec_rename";
 
+/// A fresh queue (with DLQ) and the receiver binary in local mode enqueueing to it.
+async fn queue_and_receiver(name: &str) -> (aws_sdk_sqs::Client, String, integration_tests::ChildGuard) {
+    let sqs = sqs().await;
+    let (queue, _dlq) = dsync::schema::create_queue_with_dlq(&sqs, &unique(name), 30, 3)
+        .await
+        .expect("queue");
+    let rx = spawn_receiver(
+        &moto_url(),
+        &[("WORKOS_WEBHOOK_SECRET", SECRET), ("EVENTS_QUEUE_URL", &queue)],
+    );
+    (sqs, queue, rx)
+}
+
 fn poller() -> PollerConfig {
     PollerConfig {
         batch_size: 10,
@@ -46,14 +59,7 @@ async fn group_rename_converges_for_every_member_even_with_a_stale_payload() {
         assert_eq!(u.group_names, ["Enterprise Admins"]);
     }
 
-    let sqs = sqs().await;
-    let (queue, _dlq) = dsync::schema::create_queue_with_dlq(&sqs, &unique("rename"), 30, 3)
-        .await
-        .expect("queue");
-    let rx = spawn_receiver(
-        &moto_url(),
-        &[("WORKOS_WEBHOOK_SECRET", SECRET), ("EVENTS_QUEUE_URL", &queue)],
-    );
+    let (sqs, queue, rx) = queue_and_receiver("rename").await;
 
     // The admin renames the group in the identity provider.
     stack
@@ -128,14 +134,7 @@ async fn sandbox_webhooks_flow_through_receiver_queue_and_processor() {
     let dir = seeded.directory_id.clone();
     let admins = seeded.groups[0].clone();
     let p = stack.processor(r#"{"by_group_name":{"Enterprise Admins":["admin-console"]}}"#);
-    let sqs = sqs().await;
-    let (queue, _dlq) = dsync::schema::create_queue_with_dlq(&sqs, &unique("flow"), 30, 3)
-        .await
-        .expect("queue");
-    let rx = spawn_receiver(
-        &moto_url(),
-        &[("WORKOS_WEBHOOK_SECRET", SECRET), ("EVENTS_QUEUE_URL", &queue)],
-    );
+    let (sqs, queue, rx) = queue_and_receiver("flow").await;
     stack
         .sandbox
         .set_webhook(Some(WebhookConfig::new(rx.url("/webhooks/workos"), SECRET)));
