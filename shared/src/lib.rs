@@ -1,21 +1,31 @@
-//! Core of the WorkOS directory-sync entitlement pipeline: plain logic behind small ports,
-//! with the AWS and HTTP adapters beside them.
+//! Core of the WorkOS directory-sync entitlement pipeline: plain logic behind small ports, with
+//! the adapters (AWS, WorkOS over HTTP, in memory) in one folder beside them.
+//!
+//! - core logic: [`signature`], [`event`], [`plan`], [`rules`], [`model`], [`engine`],
+//!   [`processor`], [`receiver`], [`view`]
+//! - ports: [`ports`] (directory API, claim store, state store, work queue, rate budget) and
+//!   [`clock`]
+//! - adapters: [`adapters`] (`dynamo_*`, `workos`, `memory`) and [`queue`] (the receiver's SQS)
+//! - [`conformance`]: the suite every store adapter must pass
 
+pub mod adapters;
 pub mod aws;
-pub mod claims;
 pub mod clock;
 pub mod config;
-pub mod directory;
-pub mod dynamo;
+pub mod conformance;
+pub mod engine;
 pub mod event;
+pub mod model;
 pub mod plan;
 pub mod poller;
+pub mod ports;
 pub mod processor;
 pub mod queue;
 pub mod receiver;
 pub mod rules;
 pub mod schema;
 pub mod signature;
-pub mod state;
 pub mod view;
-pub mod workos;
+
+/// The directory API port and its types, under their historical path.
+pub use ports::directory;

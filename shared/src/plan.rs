@@ -80,6 +80,54 @@ fn nonempty(s: Option<String>) -> Option<String> {
     s.filter(|v| !v.trim().is_empty())
 }
 
+/// A queued message: a WorkOS event, or our own bookkeeping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Event(Event),
+    /// Continue a directory's work (sent by the lease holder that stopped).
+    Continue { directory_id: String },
+    /// Reconcile a directory (an operator, the scheduler).
+    Request {
+        directory_id: String,
+        requested_at: Option<EpochMillis>,
+    },
+}
+
+#[derive(Deserialize)]
+struct Own {
+    object: String,
+    directory_id: Option<String>,
+    requested_at: Option<u64>,
+}
+
+/// Parse any queued body.
+pub fn parse_message(body: &str) -> Result<Message, PlanError> {
+    if let Ok(own) = serde_json::from_str::<Own>(body) {
+        let dir = || nonempty(own.directory_id.clone()).ok_or_else(|| PlanError::MissingId(own.object.clone(), "directory"));
+        match own.object.as_str() {
+            crate::ports::queue::CONTINUATION => return Ok(Message::Continue { directory_id: dir()? }),
+            crate::ports::queue::REQUEST => {
+                return Ok(Message::Request {
+                    directory_id: dir()?,
+                    requested_at: own.requested_at.map(EpochMillis),
+                })
+            }
+            _ => {}
+        }
+    }
+    parse_event(body).map(Message::Event)
+}
+
+/// The body of a reconcile request.
+pub fn request_body(directory_id: &str, requested_at: EpochMillis) -> String {
+    serde_json::json!({
+        "object": crate::ports::queue::REQUEST,
+        "directory_id": directory_id,
+        "requested_at": requested_at.0,
+    })
+    .to_string()
+}
+
 /// Parse a queued body into an event and its action.
 pub fn parse_event(body: &str) -> Result<Event, PlanError> {
     let env: Envelope = match serde_json::from_str::<serde_json::Value>(body) {
@@ -204,6 +252,31 @@ mod tests {
             ev("user.created", r#"{"id":"u"}"#).map(|e| e.action),
             Ok(Action::Ignore)
         );
+    }
+
+    #[test]
+    fn our_own_messages() {
+        assert_eq!(
+            parse_message(r#"{"object":"dsync_continuation","directory_id":"d"}"#),
+            Ok(Message::Continue {
+                directory_id: "d".into()
+            })
+        );
+        assert_eq!(
+            parse_message(&request_body("d", EpochMillis(7))),
+            Ok(Message::Request {
+                directory_id: "d".into(),
+                requested_at: Some(EpochMillis(7))
+            })
+        );
+        assert!(matches!(
+            parse_message(r#"{"object":"dsync_continuation"}"#),
+            Err(PlanError::MissingId(_, "directory"))
+        ));
+        assert!(matches!(
+            parse_message(r#"{"object":"event","id":"e","event":"dsync.deleted","data":{"object":"directory","id":"d"}}"#),
+            Ok(Message::Event(_))
+        ));
     }
 
     #[test]

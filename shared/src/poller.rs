@@ -9,11 +9,12 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage, SqsMessageAttribute};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
 
-use crate::claims::ClaimStore;
 use crate::clock::Clock;
 use crate::directory::DirectoryApi;
+use crate::ports::claims::ClaimStore;
+use crate::ports::queue::WorkQueue;
+use crate::ports::state::StateStore;
 use crate::processor::{lambda, Processor};
-use crate::state::StateStore;
 
 #[derive(Debug, Clone, Copy)]
 pub struct PollerConfig {
@@ -72,10 +73,10 @@ pub fn to_lambda_message(m: &aws_sdk_sqs::types::Message, queue_arn: Option<&str
 }
 
 /// Receive one batch and run it through the handler. Returns what happened.
-pub async fn poll_once<A, C, S, K>(
+pub async fn poll_once<A, C, S, Q, K>(
     sqs: &aws_sdk_sqs::Client,
     queue_url: &str,
-    processor: &Processor<A, C, S, K>,
+    processor: &Processor<A, C, S, Q, K>,
     clock: &impl Clock,
     config: PollerConfig,
 ) -> Result<PollReport, String>
@@ -83,7 +84,8 @@ where
     A: DirectoryApi,
     C: ClaimStore,
     S: StateStore,
-    K: Clock,
+    Q: WorkQueue,
+    K: Clock + Clone,
 {
     let wait = i32::try_from(config.wait.as_secs()).unwrap_or(20).clamp(0, 20);
     let out = sqs
@@ -144,10 +146,10 @@ where
 }
 
 /// Poll until the queue has been empty for one receive (or `max_batches` ran).
-pub async fn drain<A, C, S, K>(
+pub async fn drain<A, C, S, Q, K>(
     sqs: &aws_sdk_sqs::Client,
     queue_url: &str,
-    processor: &Processor<A, C, S, K>,
+    processor: &Processor<A, C, S, Q, K>,
     clock: &impl Clock,
     config: PollerConfig,
     max_batches: usize,
@@ -156,7 +158,8 @@ where
     A: DirectoryApi,
     C: ClaimStore,
     S: StateStore,
-    K: Clock,
+    Q: WorkQueue,
+    K: Clock + Clone,
 {
     let mut total = PollReport::default();
     for _ in 0..max_batches {

@@ -2,8 +2,7 @@
 //! the names); the local stack and the tests create resources with `create_*` below.
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
-    ScalarAttributeType, TimeToLiveSpecification,
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification,
 };
 
 /// The claims table: one item per WorkOS event id.
@@ -16,9 +15,8 @@ pub mod events {
 pub mod state {
     pub const PK: &str = "pk";
     pub const SK: &str = "sk";
-    pub const GSI1: &str = "gsi1";
-    pub const GSI1_PK: &str = "gsi1pk";
-    pub const GSI1_SK: &str = "gsi1sk";
+    /// Expiring items (a reconcile's fingerprints, run summaries) carry this TTL attribute.
+    pub const TTL: &str = "expires_at";
 }
 
 fn attr(name: &str) -> Result<AttributeDefinition, String> {
@@ -52,23 +50,11 @@ pub async fn create_events_table(client: &aws_sdk_dynamodb::Client, name: &str) 
         .send()
         .await
         .map_err(sdk_err)?;
-    client
-        .update_time_to_live()
-        .table_name(name)
-        .time_to_live_specification(
-            TimeToLiveSpecification::builder()
-                .attribute_name(events::TTL)
-                .enabled(true)
-                .build()
-                .map_err(|e| e.to_string())?,
-        )
-        .send()
-        .await
-        .map_err(sdk_err)?;
-    Ok(())
+    ttl(client, name, events::TTL).await
 }
 
-/// Create the state table (on-demand, `pk`/`sk`, GSI `gsi1` on `gsi1pk`/`gsi1sk`).
+/// Create the state table (on-demand, `pk`/`sk`, TTL on `expires_at`). No index: every read the
+/// pipeline and the gate make is a strongly consistent read of the base table.
 pub async fn create_state_table(client: &aws_sdk_dynamodb::Client, name: &str) -> Result<(), String> {
     client
         .create_table()
@@ -76,16 +62,22 @@ pub async fn create_state_table(client: &aws_sdk_dynamodb::Client, name: &str) -
         .billing_mode(BillingMode::PayPerRequest)
         .attribute_definitions(attr(state::PK)?)
         .attribute_definitions(attr(state::SK)?)
-        .attribute_definitions(attr(state::GSI1_PK)?)
-        .attribute_definitions(attr(state::GSI1_SK)?)
         .key_schema(key(state::PK, KeyType::Hash)?)
         .key_schema(key(state::SK, KeyType::Range)?)
-        .global_secondary_indexes(
-            GlobalSecondaryIndex::builder()
-                .index_name(state::GSI1)
-                .key_schema(key(state::GSI1_PK, KeyType::Hash)?)
-                .key_schema(key(state::GSI1_SK, KeyType::Range)?)
-                .projection(Projection::builder().projection_type(ProjectionType::All).build())
+        .send()
+        .await
+        .map_err(sdk_err)?;
+    ttl(client, name, state::TTL).await
+}
+
+async fn ttl(client: &aws_sdk_dynamodb::Client, table: &str, attribute: &str) -> Result<(), String> {
+    client
+        .update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .attribute_name(attribute)
+                .enabled(true)
                 .build()
                 .map_err(|e| e.to_string())?,
         )

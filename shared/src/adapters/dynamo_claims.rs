@@ -1,77 +1,13 @@
-//! Crash-safe dedup of WorkOS events: a claim per event id, taken with one conditional put.
-//!
-//! Modelled on Powertools' idempotency record: `IN_PROGRESS` with a lease that ends at the Lambda
-//! invocation's deadline (epoch **milliseconds**), `COMPLETED` with an outcome, and an `expires_at`
-//! (epoch **seconds**, also the table's TTL attribute) at least as long as the Events API can replay
-//! an event. TTL deletion is never trusted: the condition compares `expires_at` itself.
-
-use std::future::Future;
+//! The claim store on DynamoDB (see `ports::claims` for the semantics).
 
 use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
 
-use crate::clock::{EpochMillis, EpochSeconds};
-use crate::dynamo::{applied, get_n, get_s, is_condition_failed, n, s, sdk_error, StoreError};
+use crate::adapters::dynamo::{applied, get_n, get_s, is_condition_failed, n, s, sdk_error};
+use crate::clock::EpochMillis;
+use crate::clock::EpochSeconds;
+use crate::ports::claims::*;
+use crate::ports::StoreError;
 use crate::schema::events::{KEY, TTL};
-
-pub const IN_PROGRESS: &str = "IN_PROGRESS";
-pub const COMPLETED: &str = "COMPLETED";
-pub const INVALID: &str = "INVALID";
-
-/// A claim attempt.
-#[derive(Debug, Clone)]
-pub struct ClaimRequest<'a> {
-    pub event_id: &'a str,
-    pub event_type: &'a str,
-    /// `webhook` or `events-api`.
-    pub source: &'a str,
-    /// Identifies this attempt, so only it can complete or release its own claim.
-    pub token: &'a str,
-    pub now: EpochMillis,
-    pub lease_until: EpochMillis,
-    pub expires_at: EpochSeconds,
-    /// When the queue first received the message, if known.
-    pub received_at: Option<EpochMillis>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClaimResult {
-    /// Ours to process.
-    Acquired,
-    /// Processed before (or recorded as invalid): acknowledge.
-    AlreadyDone { status: String },
-    /// Another run holds a live lease: try again later.
-    HeldElsewhere { lease_until: EpochMillis },
-}
-
-/// How an event was finished.
-#[derive(Debug, Clone)]
-pub struct Completion<'a> {
-    pub event_id: &'a str,
-    pub token: &'a str,
-    /// e.g. `refetched`, `skipped`, `reconciled`, `purged`, `ignored`.
-    pub outcome: &'a str,
-    pub workos_calls: u32,
-    pub done_at: EpochMillis,
-    pub expires_at: EpochSeconds,
-}
-
-/// The claim store port.
-pub trait ClaimStore: Send + Sync + 'static {
-    fn claim(&self, req: &ClaimRequest<'_>) -> impl Future<Output = Result<ClaimResult, StoreError>> + Send;
-    /// Mark our claim COMPLETED. `Ok(false)` if the claim was no longer ours (our lease ran out
-    /// and another run took over).
-    fn complete(&self, c: &Completion<'_>) -> impl Future<Output = Result<bool, StoreError>> + Send;
-    /// Delete our claim so a retry can run at once. No-op if it is not ours any more.
-    fn release(&self, event_id: &str, token: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Record a message that can never be processed, keyed so it is recorded once.
-    fn record_invalid(
-        &self,
-        key: &str,
-        reason: &str,
-        now: EpochMillis,
-        expires_at: EpochSeconds,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-}
 
 #[derive(Debug, Clone)]
 pub struct DynamoClaimStore {
@@ -140,15 +76,18 @@ impl ClaimStore for DynamoClaimStore {
     }
 
     async fn complete(&self, c: &Completion<'_>) -> Result<bool, StoreError> {
-        let result = self
-            .client
-            .update_item()
+        let mut set = String::from(
+            "SET #st = :completed, outcome = :outcome, workos_calls = :calls, done_at_ms = :done, #exp = :exp",
+        );
+        let mut up = self.client.update_item();
+        if let Some(by) = c.applied_by {
+            set.push_str(", applied_by = :by");
+            up = up.expression_attribute_values(":by", s(by));
+        }
+        let result = up
             .table_name(&self.table)
             .key(KEY, s(c.event_id))
-            .update_expression(
-                "SET #st = :completed, outcome = :outcome, workos_calls = :calls, done_at_ms = :done, #exp = :exp \
-                 REMOVE lease_until_ms",
-            )
+            .update_expression(format!("{set} REMOVE lease_until_ms"))
             .condition_expression("#tok = :token AND #st = :in_progress")
             .expression_attribute_names("#st", "status")
             .expression_attribute_names("#exp", TTL)
@@ -226,7 +165,7 @@ impl DynamoClaimStore {
     }
 }
 
-fn holder(item: &crate::dynamo::Item) -> ClaimResult {
+fn holder(item: &crate::adapters::dynamo::Item) -> ClaimResult {
     match get_s(item, "status") {
         Some(IN_PROGRESS) => ClaimResult::HeldElsewhere {
             lease_until: EpochMillis(get_n(item, "lease_until_ms").unwrap_or(0)),

@@ -22,7 +22,9 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::clock::{Clock, EpochMillis};
-use crate::directory::{ApiError, CallBudget, DirGroup, DirUser, DirectoryApi, UserState};
+use crate::directory::{ApiError, CallBudget, DirGroup, DirInfo, DirUser, DirectoryApi, Listing, Page, UserState};
+use crate::model::{email_hash, idp_hash};
+use crate::ports::budget::{RateBudget, Unlimited};
 
 /// `limit` sent on every list request (WorkOS's maximum).
 pub const PAGE_LIMIT: u32 = 100;
@@ -137,6 +139,11 @@ const GET_GROUP: Route = Route {
     collection: "directory_groups",
     paced: false,
 };
+const GET_DIRECTORY: Route = Route {
+    template: "GET /directories/{id}",
+    collection: "directories",
+    paced: false,
+};
 
 /// The WorkOS Directory Sync client. Cheap to clone; clones share the HTTP pool and pacing.
 #[derive(Clone)]
@@ -149,6 +156,8 @@ struct Inner {
     base: Url,
     config: WorkosConfig,
     clock: Arc<dyn Clock>,
+    /// The per-key budget shared with every other process using the key.
+    budget: Arc<dyn KeyBudget>,
     /// Per directory: the earliest instant the next `/directory_users` request may be sent.
     pacing: Mutex<HashMap<String, EpochMillis>>,
 }
@@ -169,6 +178,34 @@ enum Attempt {
     Retry { error: ApiError, wait: Option<Duration> },
 }
 
+/// Object-safe face of [`RateBudget`], so the client is not generic over it.
+trait KeyBudget: Send + Sync {
+    fn take<'a>(
+        &'a self,
+        now: EpochMillis,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<EpochMillis>> + Send + 'a>>;
+}
+
+struct Budgeted<B>(B);
+
+impl<B: RateBudget> KeyBudget for Budgeted<B> {
+    fn take<'a>(
+        &'a self,
+        now: EpochMillis,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<EpochMillis>> + Send + 'a>> {
+        Box::pin(async move {
+            match self.0.take(now).await {
+                Ok(wait) => wait,
+                Err(e) => {
+                    // The budget's store is down: go on with local pacing only, loudly.
+                    tracing::warn!(error = %e, "shared WorkOS budget unavailable; pacing locally only");
+                    None
+                }
+            }
+        })
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -180,6 +217,11 @@ fn millis(d: Duration) -> u64 {
 impl WorkosClient {
     /// Build the one HTTP client (rustls, bearer auth, timeouts). Fails on a bad URL or key.
     pub fn new(config: WorkosConfig, clock: impl Clock) -> Result<Self, WorkosClientError> {
+        Self::with_budget(config, clock, Unlimited)
+    }
+
+    /// The same, taking every request from a budget shared by all processes using the key.
+    pub fn with_budget(config: WorkosConfig, clock: impl Clock, budget: impl RateBudget) -> Result<Self, WorkosClientError> {
         let base = Url::parse(config.base_url.trim()).map_err(|e| WorkosClientError::InvalidBaseUrl(e.to_string()))?;
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
             return Err(WorkosClientError::InvalidBaseUrl(format!(
@@ -212,6 +254,7 @@ impl WorkosClient {
                 base,
                 config,
                 clock: Arc::new(clock),
+                budget: Arc::new(Budgeted(budget)),
                 pacing: Mutex::new(HashMap::new()),
             }),
         })
@@ -308,6 +351,19 @@ impl WorkosClient {
                     now.saturating_add(cfg.directory_users_min_interval + Duration::from_millis(1)),
                 );
             }
+            // The key's shared budget (every process using the key draws from it).
+            loop {
+                let now = clock.now();
+                match self.inner.budget.take(now).await {
+                    None => break,
+                    Some(at) if at < hard => tokio::time::sleep(at.remaining_from(now)).await,
+                    Some(_) => return give_up(last),
+                }
+            }
+            let remaining = hard.remaining_from(clock.now());
+            if remaining.is_zero() {
+                return give_up(last);
+            }
             let timeout = cfg.request_timeout.min(remaining);
             budget.record_call();
             let outcome = self
@@ -317,6 +373,9 @@ impl WorkosClient {
                 Attempt::Done(result) => return result,
                 Attempt::Retry { error, wait } => (error, wait),
             };
+            if matches!(error, ApiError::RateLimited { .. }) {
+                budget.record_throttled();
+            }
             if attempt >= max_attempts {
                 tracing::warn!(
                     method = "GET",
@@ -487,32 +546,56 @@ impl WorkosClient {
         }
     }
 
-    /// Every page of a list filtered by `filter`.
+    /// One page of a list filtered by `filter`, after `after`; `None` on 404 (the filter's
+    /// object is gone).
+    async fn page<W: DeserializeOwned>(
+        &self,
+        route: Route,
+        directory: &str,
+        filter: (&str, &str),
+        after: Option<&str>,
+        budget: &CallBudget,
+    ) -> Result<Option<Page<W>>, ApiError> {
+        let url = self.url(route, None)?;
+        let limit = PAGE_LIMIT.to_string();
+        let mut query: Vec<(&str, &str)> = vec![filter, ("limit", &limit)];
+        if let Some(cursor) = after {
+            query.push(("after", cursor));
+        }
+        let Some(body) = self.fetch(route, url, &query, directory, true, budget).await? else {
+            return Ok(None);
+        };
+        let page: ListPage<W> = parse_body(route, &body)?;
+        if page.list_metadata.after.as_deref().is_some_and(|a| Some(a) == after) {
+            return Err(ApiError::BadResponse(format!(
+                "{} returned the cursor it was given",
+                route.template
+            )));
+        }
+        Ok(Some(Page {
+            items: page.data,
+            after: page.list_metadata.after,
+        }))
+    }
+
+    /// Every page of a list filtered by `filter`; `None` on 404.
     async fn list_all<W: DeserializeOwned>(
         &self,
         route: Route,
         directory: &str,
         filter: (&str, &str),
         budget: &CallBudget,
-    ) -> Result<Vec<W>, ApiError> {
-        let url = self.url(route, None)?;
-        let limit = PAGE_LIMIT.to_string();
+    ) -> Result<Option<Vec<W>>, ApiError> {
         let mut items = Vec::new();
         let mut seen = HashSet::new();
         let mut after: Option<String> = None;
         for _page in 0..MAX_PAGES {
-            let mut query: Vec<(&str, &str)> = vec![filter, ("limit", &limit)];
-            if let Some(cursor) = after.as_deref() {
-                query.push(("after", cursor));
-            }
-            let body = self
-                .fetch(route, url.clone(), &query, directory, false, budget)
-                .await?
-                .ok_or_else(|| ApiError::BadResponse(format!("no body from {}", route.template)))?;
-            let page: ListPage<W> = parse_body(route, &body)?;
-            items.extend(page.data);
-            match page.list_metadata.after {
-                None => return Ok(items),
+            let Some(page) = self.page(route, directory, filter, after.as_deref(), budget).await? else {
+                return Ok(None);
+            };
+            items.extend(page.items);
+            match page.after {
+                None => return Ok(Some(items)),
                 Some(cursor) => {
                     if !seen.insert(cursor.clone()) {
                         return Err(ApiError::BadResponse(format!(
@@ -589,22 +672,53 @@ struct ListMetadata {
     after: Option<String>,
 }
 
-/// Only what [`DirUser`] keeps; every other field (e-mail, names, attributes) is skipped unread.
+/// Only what [`DirUser`] keeps; every other field (names, attributes) is skipped unread. The
+/// e-mail and the IdP id are turned into their hashes at once and never kept.
 #[derive(Deserialize)]
 struct WireUser {
     id: String,
     directory_id: String,
     state: String,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    emails: Vec<WireEmail>,
+    #[serde(default)]
+    idp_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireEmail {
+    #[serde(default)]
+    primary: Option<bool>,
+    #[serde(default)]
+    value: Option<String>,
 }
 
 impl From<WireUser> for DirUser {
     fn from(w: WireUser) -> Self {
+        // `email` (current) or the primary of the deprecated `emails`, else its first.
+        let email = w.email.filter(|e| !e.trim().is_empty()).or_else(|| {
+            let primary = w.emails.iter().find(|e| e.primary == Some(true)).and_then(|e| e.value.clone());
+            primary.or_else(|| w.emails.into_iter().find_map(|e| e.value))
+        });
         DirUser {
             id: w.id,
             directory_id: w.directory_id,
             state: UserState::parse(&w.state),
+            email_hash: email.as_deref().filter(|e| !e.trim().is_empty()).map(email_hash),
+            idp_hash: w.idp_id.as_deref().filter(|i| !i.trim().is_empty()).map(idp_hash),
         }
     }
+}
+
+#[derive(Deserialize)]
+struct WireDirectory {
+    id: String,
+    #[serde(default)]
+    organization_id: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -670,6 +784,15 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
 }
 
 impl DirectoryApi for WorkosClient {
+    async fn get_directory(&self, directory_id: &str, budget: &CallBudget) -> Result<Option<DirInfo>, ApiError> {
+        let w: Option<WireDirectory> = self.get_one(GET_DIRECTORY, directory_id, directory_id, budget).await?;
+        Ok(w.map(|d| DirInfo {
+            id: d.id,
+            organization_id: d.organization_id.filter(|o| !o.is_empty()),
+            state: d.state.unwrap_or_default(),
+        }))
+    }
+
     async fn get_user(
         &self,
         directory_id: &str,
@@ -690,42 +813,57 @@ impl DirectoryApi for WorkosClient {
         Ok(w.map(DirGroup::from))
     }
 
-    async fn list_user_groups(
+    async fn user_groups(
         &self,
         directory_id: &str,
         user_id: &str,
         budget: &CallBudget,
-    ) -> Result<Vec<DirGroup>, ApiError> {
-        let w: Vec<WireGroup> = self
+    ) -> Result<Option<Vec<DirGroup>>, ApiError> {
+        let w: Option<Vec<WireGroup>> = self
             .list_all(LIST_GROUPS, directory_id, ("user", user_id), budget)
             .await?;
-        Ok(w.into_iter().map(DirGroup::from).collect())
+        Ok(w.map(|w| w.into_iter().map(DirGroup::from).collect()))
     }
 
-    async fn list_group_users(
+    async fn users_page(
         &self,
         directory_id: &str,
-        group_id: &str,
+        listing: Listing<'_>,
+        after: Option<&str>,
         budget: &CallBudget,
-    ) -> Result<Vec<DirUser>, ApiError> {
-        let w: Vec<WireUser> = self
-            .list_all(LIST_USERS, directory_id, ("group", group_id), budget)
-            .await?;
-        Ok(w.into_iter().map(DirUser::from).collect())
+    ) -> Result<Option<Page<DirUser>>, ApiError> {
+        let filter = match listing {
+            Listing::Directory => ("directory", directory_id),
+            Listing::Group(g) => ("group", g),
+        };
+        let page: Option<Page<WireUser>> = self.page(LIST_USERS, directory_id, filter, after, budget).await?;
+        Ok(page.map(|p| Page {
+            items: p.items.into_iter().map(DirUser::from).collect(),
+            after: p.after,
+        }))
     }
 
-    async fn list_directory_users(&self, directory_id: &str, budget: &CallBudget) -> Result<Vec<DirUser>, ApiError> {
-        let w: Vec<WireUser> = self
-            .list_all(LIST_USERS, directory_id, ("directory", directory_id), budget)
+    async fn groups_page(
+        &self,
+        directory_id: &str,
+        after: Option<&str>,
+        budget: &CallBudget,
+    ) -> Result<Option<Page<DirGroup>>, ApiError> {
+        let page: Option<Page<WireGroup>> = self
+            .page(LIST_GROUPS, directory_id, ("directory", directory_id), after, budget)
             .await?;
-        Ok(w.into_iter().map(DirUser::from).collect())
+        Ok(page.map(|p| Page {
+            items: p.items.into_iter().map(DirGroup::from).collect(),
+            after: p.after,
+        }))
     }
 
-    async fn list_directory_groups(&self, directory_id: &str, budget: &CallBudget) -> Result<Vec<DirGroup>, ApiError> {
-        let w: Vec<WireGroup> = self
-            .list_all(LIST_GROUPS, directory_id, ("directory", directory_id), budget)
-            .await?;
-        Ok(w.into_iter().map(DirGroup::from).collect())
+    fn pace_next(&self, directory_id: &str) -> Option<EpochMillis> {
+        lock(&self.inner.pacing).get(directory_id).copied()
+    }
+
+    fn pace_from(&self, directory_id: &str, at: EpochMillis) {
+        self.push_slot(directory_id, at);
     }
 }
 
@@ -879,7 +1017,7 @@ mod tests {
             let budget = CallBudget::until(deadline);
             assert_eq!(c.get_group("d", "g", &budget).await, Err(ApiError::DeadlineExceeded));
             assert_eq!(
-                c.list_directory_users("d", &budget).await,
+                c.users_page("d", Listing::Directory, None, &budget).await,
                 Err(ApiError::DeadlineExceeded)
             );
             assert_eq!(budget.calls(), 0);
@@ -932,7 +1070,7 @@ mod tests {
         )
         .await;
         let b = budget(5);
-        let r = client(base).list_directory_groups("d", &b).await;
+        let r = client(base).user_groups("d", "u", &b).await;
         assert!(
             matches!(r, Err(ApiError::BadResponse(ref m)) if m.contains("cursor")),
             "{r:?}"
@@ -976,7 +1114,9 @@ mod tests {
             DirUser {
                 id: "u1".into(),
                 directory_id: "d1".into(),
-                state: UserState::Other("suspended".into())
+                state: UserState::Other("suspended".into()),
+                email_hash: Some(email_hash("A@b.c")),
+                idp_hash: None,
             }
         );
     }
@@ -991,13 +1131,8 @@ mod tests {
         )
         .await;
         assert_eq!(client(base.clone()).get_group("d", "g", &b).await, Ok(None));
-        assert_eq!(
-            client(base).list_user_groups("d", "u", &b).await,
-            Err(ApiError::Client {
-                status: 404,
-                message: "Not Found".into()
-            })
-        );
+        // A 404 on a sub-list means its object is gone, not an error.
+        assert_eq!(client(base).user_groups("d", "u", &b).await, Ok(None));
         let base = serve(403, vec![], r#"{"message":"Forbidden"}"#).await;
         assert_eq!(
             client(base).get_group("d", "g", &b).await,
@@ -1006,7 +1141,7 @@ mod tests {
         let base = serve(422, vec![], r#"{"message":"Validation failed","errors":[]}"#).await;
         let before = b.calls();
         assert_eq!(
-            client(base).list_directory_users("d", &b).await,
+            client(base).users_page("d", Listing::Directory, None, &b).await,
             Err(ApiError::Client {
                 status: 422,
                 message: "Validation failed".into()
@@ -1035,7 +1170,7 @@ mod tests {
         let base = serve(429, vec![("retry-after", date)], r#""Ratelimited""#).await;
         let b = budget(5);
         let started = std::time::Instant::now();
-        let r = client(base).list_group_users("d", "g", &b).await;
+        let r = client(base).users_page("d", Listing::Group("g"), None, &b).await;
         assert!(
             matches!(r, Err(ApiError::RateLimited { retry_after: Some(d) }) if d > Duration::from_secs(50)),
             "{r:?}"

@@ -1,0 +1,23 @@
+//! The processor's side of the queue: continuing a directory's work later, and putting back an
+//! event whose effects are not applied yet so it comes back when they should be.
+
+use std::future::Future;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("queue call failed: {0}")]
+pub struct WorkQueueError(pub String);
+
+/// The work queue port.
+pub trait WorkQueue: Send + Sync + 'static {
+    /// Queue a continuation for a directory, delivered after `delay` (at most 15 minutes).
+    fn continue_later(&self, directory_id: &str, delay: Duration)
+        -> impl Future<Output = Result<(), WorkQueueError>> + Send;
+    /// Make a received message visible again after `delay` (at most 12 hours).
+    fn defer(&self, receipt_handle: &str, delay: Duration) -> impl Future<Output = Result<(), WorkQueueError>> + Send;
+}
+
+/// The message body of a continuation: `{"object":"dsync_continuation","directory_id":"…"}`.
+pub const CONTINUATION: &str = "dsync_continuation";
+/// The message body of a reconcile request: `{"object":"dsync_request","directory_id":"…","requested_at":…}`.
+pub const REQUEST: &str = "dsync_request";
