@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 mod delivery;
+pub mod direct;
 mod error;
 mod events;
 mod faults;
@@ -40,13 +41,12 @@ pub use error::SandboxError;
 pub use events::Event;
 pub use faults::{Fault, ANY_ROUTE};
 pub use model::{Directory, Group, User, UserState};
-pub use state::{GroupSpec, NewUser, SeedSpec, Seeded, SeededGroup, UserUpdate};
+pub use state::{GroupSpec, NewUser, SeedSpec, Seeded, SeededGroup, Store, UserUpdate};
 pub use stats::CallStat;
 
 use delivery::Delivery;
 use faults::Faults;
 use ratelimit::RateLimiter;
-use state::Store;
 use stats::CallStats;
 
 /// Route templates, as counted by [`Sandbox::calls`] and targeted by [`Sandbox::inject`].
@@ -66,7 +66,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// How to run a sandbox.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SandboxConfig {
     /// The key clients must send as `Authorization: Bearer <key>`.
     pub api_key: String,
@@ -74,8 +74,28 @@ pub struct SandboxConfig {
     pub bind: SocketAddr,
     /// `/directory_users` requests per rolling second per directory; `None` disables the limit.
     pub rate_limit_per_sec: Option<u32>,
+    /// The rolling window of that limit (one second; shorter to run a benchmark faster with the
+    /// same requests per window).
+    pub rate_window: Duration,
+    /// Requests per rolling minute for the API key, on every API route (WorkOS: 6,000); `None`
+    /// disables it.
+    pub key_limit_per_minute: Option<u32>,
     /// Where to deliver events, if anywhere.
     pub webhook: Option<WebhookConfig>,
+    /// The clock that stamps recorded events.
+    pub clock: Arc<dyn Clock>,
+    /// Serve this state (shared with the caller) instead of a new one.
+    pub store: Option<Arc<Mutex<Store>>>,
+}
+
+impl std::fmt::Debug for SandboxConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxConfig")
+            .field("bind", &self.bind)
+            .field("rate_limit_per_sec", &self.rate_limit_per_sec)
+            .field("key_limit_per_minute", &self.key_limit_per_minute)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SandboxConfig {
@@ -94,7 +114,11 @@ impl Default for SandboxConfig {
             api_key: "sk_test_sandbox".into(),
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             rate_limit_per_sec: Some(4),
+            rate_window: Duration::from_secs(1),
+            key_limit_per_minute: Some(6000),
             webhook: None,
+            clock: Arc::new(SystemClock),
+            store: None,
         }
     }
 }
@@ -102,8 +126,10 @@ impl Default for SandboxConfig {
 /// State shared by the HTTP routes and the [`Sandbox`] handle.
 pub(crate) struct Shared {
     pub api_key: String,
-    pub store: Mutex<Store>,
+    pub store: Arc<Mutex<Store>>,
     pub limiter: Mutex<RateLimiter>,
+    pub key_limiter: Mutex<RateLimiter>,
+    pub clock: Arc<dyn Clock>,
     pub faults: Mutex<Faults>,
     pub stats: Mutex<CallStats>,
     pub delivery: Delivery,
@@ -115,7 +141,7 @@ impl Shared {
     pub fn mutate<T>(&self, f: impl FnOnce(&mut Store, EpochMillis) -> T) -> T {
         let mut store = lock(&self.store);
         let before = store.events.len();
-        let out = f(&mut store, SystemClock.now());
+        let out = f(&mut store, self.clock.now());
         // Queued under the store lock so delivery order is recording order.
         for e in &store.events[before..] {
             self.delivery.enqueue(e.clone());
@@ -139,8 +165,13 @@ impl Sandbox {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             api_key: config.api_key,
-            store: Mutex::new(Store::default()),
-            limiter: Mutex::new(RateLimiter::new(config.rate_limit_per_sec, Duration::from_secs(1))),
+            store: config.store.unwrap_or_default(),
+            limiter: Mutex::new(RateLimiter::new(config.rate_limit_per_sec, config.rate_window)),
+            key_limiter: Mutex::new(RateLimiter::new(
+                config.key_limit_per_minute,
+                config.rate_window.saturating_mul(60),
+            )),
+            clock: config.clock,
             faults: Mutex::new(Faults::default()),
             stats: Mutex::new(CallStats::default()),
             delivery: Delivery::start(config.webhook),
@@ -175,6 +206,12 @@ impl Sandbox {
 
     pub fn api_key(&self) -> &str {
         &self.shared.api_key
+    }
+
+    /// The served state, shared: mutate it directly (passing your own time) to script changes
+    /// without webhook delivery.
+    pub fn store(&self) -> Arc<Mutex<Store>> {
+        Arc::clone(&self.shared.store)
     }
 
     /// Stop serving, waiting up to a second for in-flight requests.
@@ -317,6 +354,7 @@ impl Sandbox {
     /// Forget recent requests, so every directory starts with a full allowance.
     pub fn reset_rate_limit(&self) {
         lock(&self.shared.limiter).reset();
+        lock(&self.shared.key_limiter).reset();
     }
 
     // ---- webhook delivery ----------------------------------------------------------------------

@@ -163,6 +163,19 @@ impl Store {
         &self.events
     }
 
+    /// Every directory, user and group, in id order.
+    pub fn all_directories(&self) -> impl Iterator<Item = &Directory> {
+        self.directories.values()
+    }
+
+    pub fn all_users(&self) -> impl Iterator<Item = &User> {
+        self.users.values()
+    }
+
+    pub fn all_groups(&self) -> impl Iterator<Item = &Group> {
+        self.groups.values()
+    }
+
     pub fn counts(&self, directory_id: &str) -> DirectoryCounts {
         let mut c = DirectoryCounts::default();
         for u in self.users.values().filter(|u| u.directory_id == directory_id) {

@@ -260,6 +260,7 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Engine<A, S, Q, K> 
             meter: meter.clone(),
             job_chunk_counted: false,
             groups_loaded: false,
+            propagating: BTreeSet::new(),
             hint,
         };
         let result = chunk.work(requests).await;
@@ -357,6 +358,8 @@ struct Chunk<'e, A, S, Q, K> {
     meter: Arc<Meter>,
     job_chunk_counted: bool,
     groups_loaded: bool,
+    /// Groups whose change is still being carried to their members (mirrors the control record).
+    propagating: BTreeSet<String>,
     /// The latest `created_at + margin` of the events that asked for this work: a full read
     /// begun after it reflects all of them by clock.
     hint: Option<EpochMillis>,
@@ -399,8 +402,13 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
     async fn work(&mut self, requests: &[Request]) -> Result<(), EngineError> {
         let ctl = self.store.ctl(&self.dir).await?;
         self.tenant_org = ctl.organization_id.clone();
-        if self.fence.deleted_at.is_some() || requests.contains(&Request::Purge) {
+        if self.fence.deleted_at.is_some() || ctl.deleted_at.is_some() || requests.contains(&Request::Purge) {
+            // A deleted directory only gets purged, whatever else was asked.
             self.tombstone().await?;
+            while self.time_left() && self.fence.job.is_some() {
+                self.job_step().await?;
+            }
+            return Ok(());
         }
         for r in requests {
             match r {
@@ -487,6 +495,7 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
     }
 
     fn merge_ctl(&mut self, ctl: &Ctl) {
+        self.propagating.extend(ctl.propagating.keys().cloned());
         self.users.extend(ctl.pending_users.iter().cloned());
         self.pending_groups.extend(ctl.pending_groups.iter().cloned());
         if let Some(f) = ctl.full {
@@ -610,6 +619,16 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
         self.commit(batch).await
     }
 
+    /// Was one of the user's groups renamed or deleted after its entitlements were computed?
+    fn behind_groups(&self, rec: &UserRecord) -> bool {
+        rec.member_of().any(|g| {
+            self.groups
+                .get(g)
+                .and_then(|g| g.value.changed_at)
+                .is_some_and(|c| rec.computed_at.is_none_or(|at| at < c))
+        })
+    }
+
     /// Recompute a user's entitlements from its facts and the cached group names.
     fn recompute(&self, rec: &mut UserRecord) -> bool {
         let org = self.tenant_org.as_deref().unwrap_or("");
@@ -731,6 +750,7 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
                     },
                 )
                 .await?;
+            self.propagating.insert(gid.to_string());
         }
         let expect = before.as_ref().map(|b| b.version);
         self.commit(vec![Write::Group {
@@ -775,11 +795,16 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
     /// The directory is gone: tombstone it (every later commit fails) and start the purge.
     async fn tombstone(&mut self) -> Result<(), EngineError> {
         let now = self.now();
+        let purging = self.fence.job.as_ref().is_some_and(|j| j.kind == JobKind::Purge);
         if self.fence.deleted_at.is_none() {
             self.fence.deleted_at = Some(now);
             self.fence.job = Some(self.new_job(JobKind::Purge, Phase::Purge { after: None }, now));
             self.checkpoint().await?;
             tracing::warn!(directory_id = %self.dir, "directory deleted in WorkOS: tombstoned, purging");
+        } else if self.fence.job.is_some() && !purging {
+            // A job begun before the deletion was known: the purge replaces it.
+            self.fence.job = Some(self.new_job(JobKind::Purge, Phase::Purge { after: None }, now));
+            self.checkpoint().await?;
         }
         let at = self.fence.deleted_at.unwrap_or(now);
         self.store.change_ctl(&self.dir, &CtlChange::Deleted(at)).await?;
@@ -804,6 +829,9 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
     }
 
     async fn start_job(&mut self, kind: JobKind) -> Result<(), EngineError> {
+        if self.fence.deleted_at.is_some() {
+            return Ok(());
+        }
         let now = self.now();
         let phase = match &kind {
             JobKind::Reconcile => Phase::Directory,
@@ -1016,7 +1044,7 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
     }
 
     /// Apply one listed page of users (a directory's, or a group's members) to stored records.
-    async fn apply_users(&mut self, users: &[DirUser], t: EpochMillis, member_of: Option<&str>, force: bool) -> Result<(), EngineError> {
+    async fn apply_users(&mut self, users: &[DirUser], t: EpochMillis, member_of: Option<&str>) -> Result<(), EngineError> {
         let ids: Vec<String> = users.iter().map(|u| u.id.clone()).collect();
         let mut loaded = self.load_users(&ids).await?;
         let mut units = Vec::new();
@@ -1034,8 +1062,8 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
             if let Some(gid) = member_of {
                 member_changed = l.rec.observe_member(gid, true, t);
             }
-            let stale_rules = l.rec.rules_fp != self.e.rules_fp;
-            if created || state_changed || member_changed || force || stale_rules {
+            let stale = l.rec.rules_fp != self.e.rules_fp || self.behind_groups(&l.rec);
+            if created || state_changed || member_changed || stale {
                 let before = l.rec.entitlements.clone();
                 self.recompute(&mut l.rec);
                 if l.rec.entitlements != before && !created {
@@ -1081,7 +1109,7 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
         self.count(|s| s.pages += 1);
         let users: Vec<DirUser> = p.items.into_iter().filter(|u| u.directory_id == self.dir).collect();
         self.count(|s| s.users_listed += users.len() as u64);
-        self.apply_users(&users, t, None, false).await?;
+        self.apply_users(&users, t, None).await?;
         let salt = job.salt.as_bytes();
         let seen = SeenPage {
             started: EpochMillis(started),
@@ -1139,13 +1167,8 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
             started: None,
         };
         let started = started.unwrap_or(self.now().0);
-        let renamed = self
-            .groups
-            .get(&gid)
-            .and_then(|g| g.value.changed_at)
-            .is_some_and(|c| c.0 >= job.started_at);
         let done = self
-            .list_members(&job.id, &format!("m#{gid}"), &gid, after.as_deref(), page, started, renamed)
+            .list_members(&job.id, &format!("m#{gid}"), &gid, after.as_deref(), page, started)
             .await?;
         Ok(Some(match done {
             Some(a) => Phase::Members {
@@ -1156,9 +1179,7 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
                 started: Some(started),
             },
             None => {
-                if renamed {
-                    self.propagated(&gid).await?;
-                }
+                self.propagated(&gid).await?;
                 next_group
             }
         }))
@@ -1175,7 +1196,6 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
         after: Option<&str>,
         page: u32,
         started: u64,
-        force: bool,
     ) -> Result<Option<String>, EngineError> {
         let t = self.now();
         let listed = self
@@ -1197,7 +1217,7 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
         self.count(|s| s.pages += 1);
         let users: Vec<DirUser> = p.items.into_iter().filter(|u| u.directory_id == self.dir).collect();
         self.count(|s| s.memberships_listed += users.len() as u64);
-        self.apply_users(&users, t, Some(gid), force).await?;
+        self.apply_users(&users, t, Some(gid)).await?;
         let salt = self.fence.job.as_ref().map(|j| j.salt.clone()).unwrap_or_default();
         let seen = SeenPage {
             started: EpochMillis(started),
@@ -1209,7 +1229,11 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
         Ok(p.after)
     }
 
+    /// The group's change has reached every member: clear its mark (if it has one).
     async fn propagated(&mut self, gid: &str) -> Result<(), EngineError> {
+        if !self.propagating.remove(gid) {
+            return Ok(());
+        }
         let upto = self.now();
         self.store
             .change_ctl(
@@ -1311,7 +1335,7 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
                     });
                 }
             }
-            if l.changed() || l.rec.rules_fp != self.e.rules_fp {
+            if l.changed() || l.rec.rules_fp != self.e.rules_fp || self.behind_groups(&l.rec) {
                 let before = l.rec.entitlements.clone();
                 self.recompute(&mut l.rec);
                 if l.rec.entitlements != before {
@@ -1483,13 +1507,8 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
         page: u32,
         started: u64,
     ) -> Result<Option<Phase>, EngineError> {
-        let renamed = self
-            .groups
-            .get(gid)
-            .and_then(|g| g.value.changed_at)
-            .is_some_and(|c| c.0 >= started);
         let next = self
-            .list_members(&job.id, "members", gid, after.as_deref(), page, started, renamed)
+            .list_members(&job.id, "members", gid, after.as_deref(), page, started)
             .await?;
         let gone = self.groups.get(gid).is_some_and(|g| g.value.is_deleted());
         Ok(Some(match next {

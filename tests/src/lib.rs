@@ -197,35 +197,44 @@ fn get_is_ok(url: &str) -> bool {
 }
 
 pub mod stack {
-    //! A processor wired to real parts: the WorkOS sandbox, and moto's DynamoDB through the SDK.
+    //! A processor wired to real parts: the WorkOS sandbox, moto's DynamoDB and SQS through the SDK.
 
-    use dsync::claims::DynamoClaimStore;
+    use dsync::adapters::dynamo_claims::DynamoClaimStore;
+    use dsync::adapters::dynamo_state::DynamoStateStore;
+    use dsync::adapters::sqs_work::SqsWorkQueue;
+    use dsync::adapters::workos::{WorkosClient, WorkosConfig};
     use dsync::clock::SystemClock;
     use dsync::directory::DirectoryApi;
+    use dsync::model::UserRecord;
+    use dsync::ports::state::StateStore;
     use dsync::processor::{Processor, ProcessorConfig, Record};
     use dsync::rules::Rules;
-    use dsync::state::DynamoStateStore;
-    use dsync::workos::{WorkosClient, WorkosConfig};
     use workos_sandbox::{Sandbox, SandboxConfig};
 
     pub const API_KEY: &str = "sk_test_stack";
 
-    pub type RealProcessor<A = WorkosClient> = Processor<A, DynamoClaimStore, DynamoStateStore, SystemClock>;
+    pub type RealProcessor<A = WorkosClient> =
+        Processor<A, DynamoClaimStore, DynamoStateStore, SqsWorkQueue, SystemClock>;
 
     pub struct Stack {
         pub sandbox: Sandbox,
         pub dynamo: aws_sdk_dynamodb::Client,
+        pub sqs: aws_sdk_sqs::Client,
         pub events_table: String,
         pub state_table: String,
+        pub queue_url: String,
     }
 
     impl Stack {
-        /// A fresh sandbox (4 req/s per directory on /directory_users) and fresh tables.
+        /// A fresh sandbox (4 req/s per directory on /directory_users), fresh tables and queue.
         pub async fn new() -> Stack {
-            let sandbox = Sandbox::start(SandboxConfig::new(API_KEY))
-                .await
-                .expect("start sandbox");
+            Self::with_sandbox(SandboxConfig::new(API_KEY)).await
+        }
+
+        pub async fn with_sandbox(config: SandboxConfig) -> Stack {
+            let sandbox = Sandbox::start(config).await.expect("start sandbox");
             let dynamo = super::dynamodb().await;
+            let sqs = super::sqs().await;
             let events_table = super::unique("events");
             let state_table = super::unique("state");
             dsync::schema::create_events_table(&dynamo, &events_table)
@@ -234,11 +243,14 @@ pub mod stack {
             dsync::schema::create_state_table(&dynamo, &state_table)
                 .await
                 .expect("state table");
+            let queue_url = super::create_queue(&sqs, "work").await;
             Stack {
                 sandbox,
                 dynamo,
+                sqs,
                 events_table,
                 state_table,
+                queue_url,
             }
         }
 
@@ -256,14 +268,19 @@ pub mod stack {
             DynamoClaimStore::new(self.dynamo.clone(), &self.events_table)
         }
 
+        pub fn work_queue(&self) -> SqsWorkQueue {
+            SqsWorkQueue::new(self.sqs.clone(), &self.queue_url)
+        }
+
         /// A stored user, which must exist.
-        pub async fn user(&self, dir: &str, uid: &str) -> dsync::state::StoredUser {
-            use dsync::state::StateStore;
+        pub async fn user(&self, dir: &str, uid: &str) -> UserRecord {
             self.state()
-                .user(dir, uid)
+                .users(dir, &[uid.to_string()])
                 .await
                 .expect("read the state table")
+                .pop()
                 .expect("user stored")
+                .value
         }
 
         /// The first (or, with `last`, the latest) event of a kind the sandbox recorded.
@@ -278,16 +295,13 @@ pub mod stack {
         }
 
         pub fn processor_with<A: DirectoryApi>(&self, api: A, config: ProcessorConfig) -> RealProcessor<A> {
-            Processor::new(api, self.claims(), self.state(), SystemClock, config)
+            Processor::new(api, self.claims(), self.state(), self.work_queue(), SystemClock, config)
         }
     }
 
     /// Processor settings with these rules (JSON) and the defaults otherwise.
     pub fn config(rules: &str) -> ProcessorConfig {
-        ProcessorConfig {
-            rules: Rules::parse(rules).expect("rules"),
-            ..ProcessorConfig::default()
-        }
+        ProcessorConfig::with_rules(Rules::parse(rules).expect("rules"))
     }
 
     /// A queue record carrying a sandbox event's exact body.
@@ -296,7 +310,11 @@ pub mod stack {
             message_id: super::unique("msg"),
             body: Some(String::from_utf8_lossy(&ev.to_body()).into_owned()),
             source: "webhook".into(),
-            received_at: None,
+            received_at: Some(dsync::clock::Clock::now(&SystemClock)),
+            receive_count: 1,
+            receipt: None,
         }
     }
 }
+
+pub mod sim;

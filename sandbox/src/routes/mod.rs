@@ -57,6 +57,8 @@ async fn gate(State(app): State<App>, req: Request, next: Next) -> Response {
         message(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
     } else if !authorized(&app, &req) {
         message(StatusCode::UNAUTHORIZED, "Unauthorized")
+    } else if !lock(&app.key_limiter).check("key", std::time::Instant::now()) {
+        rate_limited(crate::ratelimit::RETRY_AFTER_SECS)
     } else {
         let fault = lock(&app.faults).take(&route);
         match fault {

@@ -4,4 +4,5 @@ pub mod dynamo;
 pub mod dynamo_claims;
 pub mod dynamo_state;
 pub mod memory;
+pub mod sqs_work;
 pub mod workos;

