@@ -15,6 +15,7 @@ pub mod queue;
 pub mod receiver;
 pub mod rules;
 pub mod schema;
+pub mod secrets;
 pub mod signature;
 pub mod state;
 pub mod view;
