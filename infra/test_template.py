@@ -572,8 +572,7 @@ def check_api_and_alarms(tpl):
     rlog = ref_target(((rfn or {}).get("Properties", {}).get("LoggingConfig") or {}).get("LogGroup"))
     filters = [r["Properties"] for r in resources(tpl, "AWS::Logs::MetricFilter").values()
                if ref_target(r["Properties"].get("LogGroupName")) == rlog]
-    if not any(f.get("FilterPattern") == '{ $.fields.outcome = "rejected" }' for f in filters):
-        problems.append("metric filter { $.fields.outcome = \"rejected\" } on the receiver log group missing")
+    problems.extend(check_rejected_filter(filters))
     alarms = [r["Properties"] for r in resources(tpl, "AWS::CloudWatch::Alarm").values()]
 
     def has_alarm(metric, ns=None, threshold=None):
@@ -596,6 +595,34 @@ def check_api_and_alarms(tpl):
     for out in ("WebhookUrl", "QueueUrl", "DlqUrl", "EventsTableName", "StateTableName"):
         if out not in tpl.get("Outputs", {}):
             problems.append(f"output {out} missing")
+    return problems
+
+
+# What the rejected-webhook filter must count: every request from a caller without the secret.
+# The receiver logs these as (Outcome::log_fields in shared/src/receiver/mod.rs, unit-tested there):
+REJECTED_FILTER_TERMS = {
+    "401 signature": '$.fields.outcome = "rejected"',
+    "refusals": '$.fields.outcome = "refused"',
+    "403 source IP": "$.fields.status = 403",
+    "404 path token": "$.fields.status = 404",
+}
+
+
+def check_rejected_filter(filters):
+    """A cheap guard against drift between the filter, its comment/alarm and the receiver's log fields."""
+    patterns = [f.get("FilterPattern", "") for f in filters
+                if any(t.get("MetricName") == "WebhookRejected" for t in f.get("MetricTransformations", []))]
+    if len(patterns) != 1:
+        return [f"expected one WebhookRejected metric filter on the receiver log group, found {len(patterns)}"]
+    pattern = " ".join(patterns[0].split())
+    problems = [f"WebhookRejected filter does not count {case} ({term!r} missing): {pattern}"
+                for case, term in REJECTED_FILTER_TERMS.items() if term not in pattern]
+    statuses = set(re.findall(r"\$\.fields\.status\s*=\s*(\d+)", pattern))
+    if statuses - {"403", "404"}:
+        problems.append(f"WebhookRejected filter counts statuses {sorted(statuses - {'403', '404'})} "
+                        "that callers holding the secret also get")
+    if not pattern.startswith("{") or not pattern.endswith("}") or "||" not in pattern:
+        problems.append(f"WebhookRejected filter is not one JSON pattern with ||: {pattern}")
     return problems
 
 
@@ -812,6 +839,28 @@ def test_negative_secret_permissions():
     stmts = role_statements(t, PROCESSOR_BIN)
     stmts.remove(secret_stmt(t, PROCESSOR_BIN))
     assert_flags(check_iam(t), "processor role lacks: ['secretsmanager:GetSecretValue']")
+
+
+def test_negative_rejected_filter_drift():
+    def filt(t):
+        return t["Resources"]["WebhookRejectedMetricFilter"]["Properties"]
+
+    cases = {
+        '{ $.fields.outcome = "rejected" }': ["403 source IP", "404 path token", "refusals"],
+        '{ ($.fields.outcome = "rejected") || ($.fields.outcome = "refused" && $.fields.status = 403) }':
+            ["404 path token"],
+        '{ ($.fields.outcome = "refused" && ($.fields.status = 403 || $.fields.status = 404)) }': ["401 signature"],
+    }
+    for pattern, missing in cases.items():
+        t = template()
+        filt(t)["FilterPattern"] = pattern
+        problems = check_api_and_alarms(t)
+        for case in missing:
+            assert_flags(problems, f"does not count {case}")
+    t = template()
+    filt(t)["FilterPattern"] = ('{ ($.fields.outcome = "rejected") || ($.fields.outcome = "refused" && '
+                                '($.fields.status = 403 || $.fields.status = 404 || $.fields.status = 400)) }')
+    assert_flags(check_api_and_alarms(t), "counts statuses ['400']")
 
 
 def test_negative_queue_and_event_source():
