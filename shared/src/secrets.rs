@@ -234,7 +234,7 @@ impl FetchSecret for SecretsManagerSecret {
 
 /// An in-memory secret for tests and local tools: its value can be changed or made to fail
 /// (reads fail until a value is set), and it counts reads.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct MemorySecret {
     value: Arc<std::sync::Mutex<Option<String>>>,
     reads: Arc<AtomicU64>,
@@ -265,6 +265,15 @@ impl MemorySecret {
     }
     pub fn reads(&self) -> u64 {
         self.reads.load(Ordering::SeqCst)
+    }
+}
+
+impl fmt::Debug for MemorySecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemorySecret")
+            .field("value", &"[REDACTED]")
+            .field("reads", &self.reads())
+            .finish()
     }
 }
 
@@ -631,6 +640,11 @@ mod tests {
             assert_eq!(h.await.expect("join"), Ok("new".to_owned()));
         }
         assert_eq!(src.reads(), 2);
+    }
+
+    #[test]
+    fn debug_of_the_in_memory_secret_is_redacted() {
+        assert!(!format!("{:?}", MemorySecret::with("whsec_topsecret")).contains("topsecret"));
     }
 
     #[tokio::test]
