@@ -14,9 +14,17 @@ AWS::Serverless::Function Policies):
   * no ManagedPolicyArns and no SAM policy templates / named policies (opaque to this check);
   * no AWS::Serverless::Function without an explicit Role (SAM would attach the managed
     AWSLambdaBasicExecutionRole, whose statements use Resource "*");
-  * webhook-receiver: sqs:SendMessage on the events queue plus writes to its own log group, nothing else;
+  * no "?" wildcard in a Resource either (e.g. a secret name with "-??????");
+  * webhook-receiver: sqs:SendMessage on the events queue, secretsmanager:GetSecretValue on exactly
+    the secret its WORKOS_WEBHOOK_SECRET_ARN names, writes to its own log group, nothing else;
   * event-processor: the listed DynamoDB actions on the two tables (+ gsi1 for Query), the SQS
-    event-source actions on the events queue, writes to its own log group, nothing else.
+    event-source actions on the events queue, secretsmanager:GetSecretValue on exactly the secret
+    its WORKOS_API_KEY_SECRET_ARN names, writes to its own log group, nothing else.
+
+Secrets: no secret value in any function's environment. The functions read their secrets at run
+time; the environment holds only the secrets' ARNs (`*_SECRET_ARN`, a Ref to an ARN parameter with
+an AllowedPattern). A literal, a NoEcho parameter or a `{{resolve:...}}` dynamic reference in the
+environment is flagged.
 """
 import copy
 import functools
@@ -37,7 +45,8 @@ RECEIVER_BIN = "webhook-receiver"
 PROCESSOR_BIN = "event-processor"
 
 LOG_ACTIONS = {"logs:CreateLogStream", "logs:PutLogEvents"}
-RECEIVER_ACTIONS = {"sqs:SendMessage"} | LOG_ACTIONS
+SECRET_ACTIONS = {"secretsmanager:GetSecretValue"}
+RECEIVER_ACTIONS = {"sqs:SendMessage"} | SECRET_ACTIONS | LOG_ACTIONS
 DDB_ACTIONS = {
     "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
     "dynamodb:Query", "dynamodb:BatchWriteItem", "dynamodb:BatchGetItem", "dynamodb:ConditionCheckItem",
@@ -45,7 +54,7 @@ DDB_ACTIONS = {
 SQS_CONSUMER_ACTIONS = {
     "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility",
 }
-PROCESSOR_ACTIONS = DDB_ACTIONS | SQS_CONSUMER_ACTIONS | LOG_ACTIONS
+PROCESSOR_ACTIONS = DDB_ACTIONS | SQS_CONSUMER_ACTIONS | SECRET_ACTIONS | LOG_ACTIONS
 
 # The one documented wildcard: the log-stream suffix of a single, named log group.
 LOG_STREAM_RE = re.compile(
@@ -56,14 +65,20 @@ LOG_STREAM_RE = re.compile(
 SECRET_ENV_RE = re.compile(r"SECRET|API_KEY|PASSWORD|PRIVATE_KEY|CREDENTIAL|TOKEN")
 # WEBHOOK_PATH_TOKEN is not a credential: it is part of the webhook URL (shown in the WebhookUrl
 # output and configured in the WorkOS dashboard); the HMAC signature secret is the credential.
-# SECRETS_REVISION is a plain counter that forces CloudFormation to re-resolve the secrets.
-NOT_SECRET_ENV = {"WEBHOOK_PATH_TOKEN", "SECRETS_REVISION"}
-SECRET_ENV_REQUIRED = {"WORKOS_WEBHOOK_SECRET", "WORKOS_API_KEY"}
-RESOLVE_RE = re.compile(r"\{\{resolve:secretsmanager:(?:[^{}]|\$\{[A-Za-z0-9:._-]+\})+:SecretString(?::[^{}]*)?\}\}")
+NOT_SECRET_ENV = {"WEBHOOK_PATH_TOKEN"}
+# A secret-named variable may only hold a secret's ARN, and then its name says so.
+SECRET_ARN_ENV_RE = re.compile(r"[A-Z0-9_]+_SECRET_ARN")
+# The functions' secrets, by the variable naming the secret's ARN.
+RECEIVER_SECRET_ENV = "WORKOS_WEBHOOK_SECRET_ARN"
+PROCESSOR_SECRET_ENV = "WORKOS_API_KEY_SECRET_ARN"
+# The variables that held secret values before; they must not come back.
+SECRET_VALUE_ENV = {"WORKOS_WEBHOOK_SECRET", "WORKOS_API_KEY"}
+SECRET_ARN_PATTERN_RE = re.compile(r"\^arn:aws.*:secretsmanager:.*:secret:")
+DYNAMIC_REF_RE = re.compile(r"\{\{resolve:", re.I)
 
-RECEIVER_ENV = {"EVENTS_QUEUE_URL", "WORKOS_WEBHOOK_SECRET", "WORKOS_SIGNATURE_TOLERANCE_SECS",
+RECEIVER_ENV = {"EVENTS_QUEUE_URL", RECEIVER_SECRET_ENV, "WORKOS_SIGNATURE_TOLERANCE_SECS",
                 "WEBHOOK_PATH_TOKEN", "WORKOS_ALLOWED_IPS"}
-PROCESSOR_ENV = {"EVENTS_TABLE", "STATE_TABLE", "WORKOS_API_KEY", "WORKOS_API_BASE_URL",
+PROCESSOR_ENV = {"EVENTS_TABLE", "STATE_TABLE", PROCESSOR_SECRET_ENV, "WORKOS_API_BASE_URL",
                  "ENTITLEMENT_RULES", "CLAIM_TTL_DAYS"}
 
 SHORT_TAG_RE = re.compile(
@@ -202,6 +217,9 @@ def check_statement(where, st):
     if "Resource" not in st:
         problems.append(f"{w}: no Resource")
     for s in (s for v in as_list(st.get("Resource")) for s in strings_of(v)):
+        if "?" in s:
+            problems.append(f"{w}: wildcard Resource {s!r} ('?')")
+            continue
         if "*" not in s:
             continue
         if LOG_STREAM_RE.fullmatch(s) and actions and set(actions) <= LOG_ACTIONS:
@@ -237,9 +255,24 @@ def check_function_permissions(tpl, by_role):
         ress = [s for v in as_list(st.get("Resource")) for s in strings_of(v)]
         return acts, ress
 
+    def own_secret(fn, var):
+        """The one secret resource the function may read: what its *_SECRET_ARN variable names."""
+        val = ((fn.get("Properties") or {}).get("Environment") or {}).get("Variables", {}).get(var)
+        return strings_of(val)[0] if val is not None else None
+
+    def check_secret_statement(who, acts, ress, secret):
+        out = []
+        if acts & SECRET_ACTIONS:
+            if acts != SECRET_ACTIONS:
+                out.append(f"{who} secret statement mixes actions: {sorted(acts)}")
+            if secret is None or ress != [secret]:
+                out.append(f"{who} secretsmanager:GetSecretValue resources {ress} != exactly its own secret {secret}")
+        return out
+
     # --- receiver
     queue_ref = ref_target(rfn["Properties"].get("Environment", {}).get("Variables", {}).get("EVENTS_QUEUE_URL"))
     rlog = own_log_group(rfn)
+    rsecret = own_secret(rfn, RECEIVER_SECRET_ENV)
     ractions = set()
     for st in by_role.get(rrole, []):
         acts, ress = stmt_parts(st)
@@ -252,12 +285,15 @@ def check_function_permissions(tpl, by_role):
         if acts & LOG_ACTIONS:
             if not ress or any("${%s}" % rlog not in s and "${%s.Arn}" % rlog != s for s in ress):
                 problems.append(f"receiver log statement resources {ress} are not its own log group {rlog}")
-        if acts & RECEIVER_ACTIONS and not (acts <= {"sqs:SendMessage"} or acts <= LOG_ACTIONS):
-            problems.append(f"receiver statement mixes SQS and log actions: {sorted(acts)}")
-    if "sqs:SendMessage" not in ractions:
-        problems.append("receiver role lacks sqs:SendMessage")
+        problems.extend(check_secret_statement("receiver", acts, ress, rsecret))
+        if acts & RECEIVER_ACTIONS and not (acts <= {"sqs:SendMessage"} or acts <= LOG_ACTIONS or acts <= SECRET_ACTIONS):
+            problems.append(f"receiver statement mixes SQS, secret and log actions: {sorted(acts)}")
+    for needed in ("sqs:SendMessage", "secretsmanager:GetSecretValue"):
+        if needed not in ractions:
+            problems.append(f"receiver role lacks {needed}")
     if ractions - RECEIVER_ACTIONS:
-        problems.append(f"receiver role has actions beyond sqs:SendMessage + logs: {sorted(ractions - RECEIVER_ACTIONS)}")
+        problems.append("receiver role has actions beyond sqs:SendMessage + secretsmanager:GetSecretValue + logs: "
+                        f"{sorted(ractions - RECEIVER_ACTIONS)}")
 
     # --- processor
     env = pfn["Properties"].get("Environment", {}).get("Variables", {})
@@ -270,12 +306,16 @@ def check_function_permissions(tpl, by_role):
             sqs_sources.add(ref_target(esm["Properties"].get("EventSourceArn")))
     sqs_sources.discard(None)
     allowed_ddb = {"${%s.Arn}" % t for t in tables} | {"${%s.Arn}/index/gsi1" % t for t in tables}
+    psecret = own_secret(pfn, PROCESSOR_SECRET_ENV)
+    if psecret is not None and psecret == rsecret:
+        problems.append(f"receiver and processor name the same secret {psecret}")
     pactions = set()
     for st in by_role.get(prole, []):
         acts, ress = stmt_parts(st)
         pactions |= acts
         if st.get("Effect") != "Allow":
             continue
+        problems.extend(check_secret_statement("processor", acts, ress, psecret))
         if acts & DDB_ACTIONS:
             for s in ress:
                 if s not in allowed_ddb:
@@ -288,7 +328,7 @@ def check_function_permissions(tpl, by_role):
         if acts & LOG_ACTIONS:
             if not ress or any("${%s}" % plog not in s and "${%s.Arn}" % plog != s for s in ress):
                 problems.append(f"processor log statement resources {ress} are not its own log group {plog}")
-        kinds = [acts & DDB_ACTIONS, acts & SQS_CONSUMER_ACTIONS, acts & LOG_ACTIONS]
+        kinds = [acts & DDB_ACTIONS, acts & SQS_CONSUMER_ACTIONS, acts & SECRET_ACTIONS, acts & LOG_ACTIONS]
         if sum(1 for k in kinds if k) > 1:
             problems.append(f"processor statement mixes services: {sorted(acts)}")
     if pactions - PROCESSOR_ACTIONS:
@@ -311,20 +351,45 @@ def check_text(text):
 
 
 def check_secrets(tpl):
+    """No secret value reaches a function's environment; secrets are read at run time by ARN."""
     problems = []
+    params = tpl.get("Parameters", {})
     for lid, fn in resources(tpl, *FUNCTION_TYPES).items():
         env = ((fn.get("Properties") or {}).get("Environment") or {}).get("Variables") or {}
         for name, val in env.items():
-            if name in NOT_SECRET_ENV or not (SECRET_ENV_RE.search(name) or name in SECRET_ENV_REQUIRED):
+            rendered = strings_of(val)
+            if any(DYNAMIC_REF_RE.search(x) for x in rendered):
+                problems.append(f"{lid}: env {name} uses a {{{{resolve:...}}}} dynamic reference: the value "
+                                "would sit in the Lambda configuration; pass the secret's ARN and read it at run time")
                 continue
-            ok = (isinstance(val, str) and RESOLVE_RE.fullmatch(val)) or (
-                isinstance(val, dict) and set(val) == {"Fn::Sub"} and RESOLVE_RE.fullmatch(strings_of(val)[0]))
-            if not ok:
-                problems.append(f"{lid}: env {name} is not a {{{{resolve:secretsmanager:...}}}} reference: {val!r}")
-    for name, p in tpl.get("Parameters", {}).items():
-        if re.search(r"secret|apikey|api_key|password", name, re.I) and not name.endswith("Name") \
-                and name != "SecretsRevision":
-            problems.append(f"parameter {name} looks like it carries a secret value; pass a secret *name*")
+            if name in SECRET_VALUE_ENV:
+                problems.append(f"{lid}: env {name} carries a secret value; set {name}_SECRET_ARN"
+                                if name.endswith("API_KEY") else
+                                f"{lid}: env {name} carries a secret value; set {name}_ARN")
+                continue
+            if name in NOT_SECRET_ENV or not SECRET_ENV_RE.search(name):
+                continue
+            if not SECRET_ARN_ENV_RE.fullmatch(name):
+                problems.append(f"{lid}: env {name} looks like a secret value; only *_SECRET_ARN variables "
+                                "(a secret's ARN) may name secrets")
+                continue
+            target = ref_target(val)
+            p = params.get(target) if isinstance(val, dict) and "Ref" in val else None
+            res = tpl.get("Resources", {}).get(target or "", {})
+            if p is not None:
+                if p.get("NoEcho"):
+                    problems.append(f"{lid}: env {name} refs NoEcho parameter {target}: an ARN is not a secret value")
+                if not SECRET_ARN_PATTERN_RE.match(p.get("AllowedPattern", "")):
+                    problems.append(f"{lid}: env {name} refs parameter {target} without a Secrets Manager ARN AllowedPattern")
+            elif res.get("Type") != "AWS::SecretsManager::Secret":
+                problems.append(f"{lid}: env {name} must Ref a secret-ARN parameter or an AWS::SecretsManager::Secret, "
+                                f"got {val!r}")
+    for name, p in params.items():
+        if not re.search(r"secret|apikey|api_key|password", name, re.I):
+            continue
+        if p.get("NoEcho") or not name.endswith("Arn"):
+            problems.append(f"parameter {name} looks like it carries a secret value; pass the secret's ARN "
+                            "(a parameter named ...Arn)")
     return problems
 
 
@@ -507,8 +572,7 @@ def check_api_and_alarms(tpl):
     rlog = ref_target(((rfn or {}).get("Properties", {}).get("LoggingConfig") or {}).get("LogGroup"))
     filters = [r["Properties"] for r in resources(tpl, "AWS::Logs::MetricFilter").values()
                if ref_target(r["Properties"].get("LogGroupName")) == rlog]
-    if not any(f.get("FilterPattern") == '{ $.fields.outcome = "rejected" }' for f in filters):
-        problems.append("metric filter { $.fields.outcome = \"rejected\" } on the receiver log group missing")
+    problems.extend(check_rejected_filter(filters))
     alarms = [r["Properties"] for r in resources(tpl, "AWS::CloudWatch::Alarm").values()]
 
     def has_alarm(metric, ns=None, threshold=None):
@@ -531,6 +595,34 @@ def check_api_and_alarms(tpl):
     for out in ("WebhookUrl", "QueueUrl", "DlqUrl", "EventsTableName", "StateTableName"):
         if out not in tpl.get("Outputs", {}):
             problems.append(f"output {out} missing")
+    return problems
+
+
+# What the rejected-webhook filter must count: every request from a caller without the secret.
+# The receiver logs these as (Outcome::log_fields in shared/src/receiver/mod.rs, unit-tested there):
+REJECTED_FILTER_TERMS = {
+    "401 signature": '$.fields.outcome = "rejected"',
+    "refusals": '$.fields.outcome = "refused"',
+    "403 source IP": "$.fields.status = 403",
+    "404 path token": "$.fields.status = 404",
+}
+
+
+def check_rejected_filter(filters):
+    """A cheap guard against drift between the filter, its comment/alarm and the receiver's log fields."""
+    patterns = [f.get("FilterPattern", "") for f in filters
+                if any(t.get("MetricName") == "WebhookRejected" for t in f.get("MetricTransformations", []))]
+    if len(patterns) != 1:
+        return [f"expected one WebhookRejected metric filter on the receiver log group, found {len(patterns)}"]
+    pattern = " ".join(patterns[0].split())
+    problems = [f"WebhookRejected filter does not count {case} ({term!r} missing): {pattern}"
+                for case, term in REJECTED_FILTER_TERMS.items() if term not in pattern]
+    statuses = set(re.findall(r"\$\.fields\.status\s*=\s*(\d+)", pattern))
+    if statuses - {"403", "404"}:
+        problems.append(f"WebhookRejected filter counts statuses {sorted(statuses - {'403', '404'})} "
+                        "that callers holding the secret also get")
+    if not pattern.startswith("{") or not pattern.endswith("}") or "||" not in pattern:
+        problems.append(f"WebhookRejected filter is not one JSON pattern with ||: {pattern}")
     return problems
 
 
@@ -680,18 +772,95 @@ def test_negative_expanded_default_role_is_flagged():
     assert_flags(check_expanded(expand_dict(t)), "ManagedPolicyArns")
 
 
-def test_negative_plain_secret_env():
+def test_negative_secret_values_in_env():
+    # A literal value.
     t = template()
     _, fn = function_by_bin(t, PROCESSOR_BIN)
     fn["Properties"]["Environment"]["Variables"]["WORKOS_API_KEY"] = "sk_test_123"
-    assert_flags(check_secrets(t), "WORKOS_API_KEY is not a")
+    assert_flags(check_secrets(t), "env WORKOS_API_KEY carries a secret value")
+    # The old way: a dynamic reference resolved into the environment, under any variable name.
+    for name in ("WORKOS_WEBHOOK_SECRET", "WORKOS_WEBHOOK_SECRET_ARN", "SOME_SETTING"):
+        t = template()
+        _, fn = function_by_bin(t, RECEIVER_BIN)
+        fn["Properties"]["Environment"]["Variables"][name] = {
+            "Fn::Sub": "{{resolve:secretsmanager:${WebhookSecretArn}:SecretString}}"}
+        assert_flags(check_secrets(t), f"env {name} uses a {{{{resolve:...}}}} dynamic reference")
+    # A NoEcho parameter carrying the value.
     t = template()
     _, fn = function_by_bin(t, RECEIVER_BIN)
     t["Parameters"]["WebhookSecret"] = {"Type": "String", "NoEcho": True}
     fn["Properties"]["Environment"]["Variables"]["WORKOS_WEBHOOK_SECRET"] = {"Ref": "WebhookSecret"}
     problems = check_secrets(t)
-    assert_flags(problems, "WORKOS_WEBHOOK_SECRET is not a")
+    assert_flags(problems, "env WORKOS_WEBHOOK_SECRET carries a secret value")
     assert_flags(problems, "parameter WebhookSecret")
+    # A secret-looking variable that is not an ARN variable, and an ARN variable holding a literal.
+    t = template()
+    _, fn = function_by_bin(t, PROCESSOR_BIN)
+    fn["Properties"]["Environment"]["Variables"]["STRIPE_API_KEY"] = "sk_live_1"
+    fn["Properties"]["Environment"]["Variables"]["WORKOS_API_KEY_SECRET_ARN"] = "sk_test_123"
+    problems = check_secrets(t)
+    assert_flags(problems, "env STRIPE_API_KEY looks like a secret value")
+    assert_flags(problems, "env WORKOS_API_KEY_SECRET_ARN must Ref a secret-ARN parameter")
+    # The ARN parameter must be checked as an ARN.
+    t = template()
+    del t["Parameters"]["ApiKeySecretArn"]["AllowedPattern"]
+    assert_flags(check_secrets(t), "without a Secrets Manager ARN AllowedPattern")
+
+
+def test_negative_secret_permissions():
+    def secret_stmt(t, binary):
+        return [s for s in role_statements(t, binary) if "secretsmanager:GetSecretValue" in s["Action"]][0]
+
+    # Wildcards: every secret, a partial name with "*" or "?".
+    for res in ("*",
+                {"Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:*"},
+                {"Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:dsync/x-??????"}):
+        t = template()
+        secret_stmt(t, RECEIVER_BIN)["Resource"] = [res]
+        assert_flags(check_iam(t), "wildcard Resource")
+    # The other function's secret, or both.
+    t = template()
+    secret_stmt(t, RECEIVER_BIN)["Resource"] = [{"Ref": "ApiKeySecretArn"}]
+    assert_flags(check_iam(t), "receiver secretsmanager:GetSecretValue resources ['${ApiKeySecretArn}']")
+    t = template()
+    secret_stmt(t, PROCESSOR_BIN)["Resource"].append({"Ref": "WebhookSecretArn"})
+    assert_flags(check_iam(t), "processor secretsmanager:GetSecretValue resources")
+    # More than GetSecretValue, or it missing.
+    t = template()
+    secret_stmt(t, PROCESSOR_BIN)["Action"].append("secretsmanager:PutSecretValue")
+    problems = check_iam(t)
+    assert_flags(problems, "processor secret statement mixes actions")
+    assert_flags(problems, "processor role has unexpected actions: ['secretsmanager:PutSecretValue']")
+    t = template()
+    stmts = role_statements(t, RECEIVER_BIN)
+    stmts.remove(secret_stmt(t, RECEIVER_BIN))
+    assert_flags(check_iam(t), "receiver role lacks secretsmanager:GetSecretValue")
+    t = template()
+    stmts = role_statements(t, PROCESSOR_BIN)
+    stmts.remove(secret_stmt(t, PROCESSOR_BIN))
+    assert_flags(check_iam(t), "processor role lacks: ['secretsmanager:GetSecretValue']")
+
+
+def test_negative_rejected_filter_drift():
+    def filt(t):
+        return t["Resources"]["WebhookRejectedMetricFilter"]["Properties"]
+
+    cases = {
+        '{ $.fields.outcome = "rejected" }': ["403 source IP", "404 path token", "refusals"],
+        '{ ($.fields.outcome = "rejected") || ($.fields.outcome = "refused" && $.fields.status = 403) }':
+            ["404 path token"],
+        '{ ($.fields.outcome = "refused" && ($.fields.status = 403 || $.fields.status = 404)) }': ["401 signature"],
+    }
+    for pattern, missing in cases.items():
+        t = template()
+        filt(t)["FilterPattern"] = pattern
+        problems = check_api_and_alarms(t)
+        for case in missing:
+            assert_flags(problems, f"does not count {case}")
+    t = template()
+    filt(t)["FilterPattern"] = ('{ ($.fields.outcome = "rejected") || ($.fields.outcome = "refused" && '
+                                '($.fields.status = 403 || $.fields.status = 404 || $.fields.status = 400)) }')
+    assert_flags(check_api_and_alarms(t), "counts statuses ['400']")
 
 
 def test_negative_queue_and_event_source():

@@ -8,6 +8,12 @@ pub enum ConfigError {
     Missing(&'static str),
     #[error("{name} is invalid: {why}")]
     Invalid { name: &'static str, why: String },
+    /// Neither of two alternative settings is set.
+    #[error("{first} or {second} must be set")]
+    MissingOneOf { first: &'static str, second: &'static str },
+    /// Two alternative settings are both set.
+    #[error("{first} and {second} are both set; set only one")]
+    Conflict { first: &'static str, second: &'static str },
 }
 
 /// A source of settings: the process environment, or a map in tests.

@@ -7,11 +7,15 @@ use serde::Deserialize;
 
 use crate::clock::EpochMillis;
 
-/// What the receiver needs to route a verified body: its id and type.
+/// What the receiver needs to route a verified body: its id, type and directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvelopeHead {
     pub id: String,
     pub event: String,
+    /// The directory the event is about, used only as a routing key (the SQS message group):
+    /// `data.directory_id`, or `data.id` when `data.object` is `"directory"`. `None` when absent
+    /// or not usable as a message group id (see [`is_routing_key`]).
+    pub directory_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -29,13 +33,39 @@ pub enum EnvelopeError {
 /// Longest id or type accepted (WorkOS ids are ~30 characters; SQS attributes allow far more).
 pub const MAX_FIELD_LEN: usize = 256;
 
+/// Longest SQS message group id.
+pub const MAX_ROUTING_KEY_LEN: usize = 128;
+
 #[derive(Deserialize)]
 struct RawHead {
     id: Option<serde_json::Value>,
     event: Option<serde_json::Value>,
+    data: Option<serde_json::Value>,
 }
 
-/// Parse just `id` and `event` from a body. Unknown fields are ignored.
+/// True when `s` can be an SQS message group id: 1 to 128 characters, each an ASCII letter,
+/// digit or punctuation mark.
+pub fn is_routing_key(s: &str) -> bool {
+    (1..=MAX_ROUTING_KEY_LEN).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The directory an event is about, as a routing key only (never trusted as state).
+fn directory_of(data: Option<&serde_json::Value>) -> Option<String> {
+    let data = data?.as_object()?;
+    let str_field = |k: &str| {
+        data.get(k)
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let id = match str_field("directory_id") {
+        Some(d) => d,
+        None if str_field("object") == Some("directory") => str_field("id")?,
+        None => return None,
+    };
+    is_routing_key(id).then(|| id.to_owned())
+}
+
+/// Parse just `id`, `event` and the directory id from a body. Unknown fields are ignored.
 pub fn parse_head(body: &[u8]) -> Result<EnvelopeHead, EnvelopeError> {
     let raw: RawHead = match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(v @ serde_json::Value::Object(_)) => serde_json::from_value(v).map_err(|_| EnvelopeError::NotAnObject)?,
@@ -49,7 +79,12 @@ pub fn parse_head(body: &[u8]) -> Result<EnvelopeHead, EnvelopeError> {
     if event.len() > MAX_FIELD_LEN {
         return Err(EnvelopeError::TooLong("event"));
     }
-    Ok(EnvelopeHead { id, event })
+    let directory_id = directory_of(raw.data.as_ref());
+    Ok(EnvelopeHead {
+        id,
+        event,
+        directory_id,
+    })
 }
 
 fn non_empty_str(v: Option<serde_json::Value>) -> Option<String> {
@@ -100,9 +135,71 @@ mod tests {
             parse_head(body),
             Ok(EnvelopeHead {
                 id: "event_01".into(),
-                event: "dsync.group.updated".into()
+                event: "dsync.group.updated".into(),
+                directory_id: None,
             })
         );
+    }
+
+    #[test]
+    fn directory_id_is_read_as_a_routing_key() {
+        let dir = |body: &str| parse_head(body.as_bytes()).expect("head").directory_id;
+        assert_eq!(
+            dir(
+                r#"{"id":"e","event":"dsync.user.created","data":{"object":"directory_user","id":"directory_user_1","directory_id":"directory_01"}}"#
+            ),
+            Some("directory_01".into())
+        );
+        assert_eq!(
+            dir(
+                r#"{"id":"e","event":"dsync.activated","data":{"object":"directory","id":"directory_02","name":"Acme"}}"#
+            ),
+            Some("directory_02".into())
+        );
+        // `data.directory_id` wins over a directory object's own id.
+        assert_eq!(
+            dir(
+                r#"{"id":"e","event":"x","data":{"object":"directory","id":"directory_a","directory_id":"directory_b"}}"#
+            ),
+            Some("directory_b".into())
+        );
+        // Another object's id is not a directory id.
+        assert_eq!(
+            dir(
+                r#"{"id":"e","event":"dsync.group.created","data":{"object":"directory_group","id":"directory_group_1"}}"#
+            ),
+            None
+        );
+        for data in [
+            r#""directory_01""#,
+            r#"{}"#,
+            r#"{"directory_id":7}"#,
+            r#"{"directory_id":""}"#,
+            r#"{"directory_id":"has space"}"#,
+            r#"{"directory_id":"caf\u00e9"}"#,
+            r#"{"directory_id":"a\u0001b"}"#,
+        ] {
+            assert_eq!(
+                dir(&format!(r#"{{"id":"e","event":"x","data":{data}}}"#)),
+                None,
+                "{data}"
+            );
+        }
+        let long = "d".repeat(MAX_ROUTING_KEY_LEN + 1);
+        assert_eq!(
+            dir(&format!(
+                r#"{{"id":"e","event":"x","data":{{"directory_id":"{long}"}}}}"#
+            )),
+            None
+        );
+        let longest = "d".repeat(MAX_ROUTING_KEY_LEN);
+        assert_eq!(
+            dir(&format!(
+                r#"{{"id":"e","event":"x","data":{{"directory_id":"{longest}"}}}}"#
+            )),
+            Some(longest)
+        );
+        assert_eq!(dir(r#"{"id":"e","event":"x"}"#), None);
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod queue;
 pub mod receiver;
 pub mod rules;
 pub mod schema;
+pub mod secrets;
 pub mod signature;
 pub mod view;
 

@@ -40,6 +40,10 @@ pub async fn dynamodb() -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::new(&sdk_config_for(&moto_url()).await)
 }
 
+pub async fn secretsmanager() -> aws_sdk_secretsmanager::Client {
+    aws_sdk_secretsmanager::Client::new(&sdk_config_for(&moto_url()).await)
+}
+
 /// A name no other test (or earlier run against the same moto) uses.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -75,6 +79,7 @@ pub async fn drain(client: &aws_sdk_sqs::Client, queue_url: &str) -> Vec<aws_sdk
             .queue_url(queue_url)
             .max_number_of_messages(10)
             .message_attribute_names("All")
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
             .wait_time_seconds(0)
             .send()
             .await
@@ -141,6 +146,16 @@ impl Drop for ChildGuard {
 
 /// Start the receiver binary in local mode with the given extra environment, wait until it answers.
 pub fn spawn_receiver(endpoint: &str, env: &[(&str, &str)]) -> ChildGuard {
+    spawn_receiver_with_stdout(endpoint, env, Stdio::null())
+}
+
+/// [`spawn_receiver`] with its log (stdout, JSON lines) written to `log`.
+pub fn spawn_receiver_logging_to(endpoint: &str, env: &[(&str, &str)], log: &std::path::Path) -> ChildGuard {
+    let file = std::fs::File::create(log).expect("create the receiver log file");
+    spawn_receiver_with_stdout(endpoint, env, Stdio::from(file))
+}
+
+fn spawn_receiver_with_stdout(endpoint: &str, env: &[(&str, &str)], stdout: Stdio) -> ChildGuard {
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let mut cmd = Command::new(built_binary("webhook-receiver"));
@@ -153,7 +168,7 @@ pub fn spawn_receiver(endpoint: &str, env: &[(&str, &str)]) -> ChildGuard {
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::inherit());
     for (k, v) in env {
         cmd.env(k, v);

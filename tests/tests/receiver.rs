@@ -3,9 +3,14 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use aws_sdk_sqs::types::MessageSystemAttributeName;
 use dsync::clock::{Clock, EpochMillis, SystemClock};
+use dsync::queue::decode_body;
 use dsync::signature::signature_header;
-use integration_tests::{create_queue, drain, free_port, moto_url, spawn_receiver, sqs, wait_for_http, ChildGuard};
+use integration_tests::{
+    create_queue, drain, free_port, moto_url, secretsmanager, spawn_receiver, spawn_receiver_logging_to, sqs, unique,
+    wait_for_http, ChildGuard,
+};
 
 const SECRET: &str = "whsec_integration";
 
@@ -60,6 +65,206 @@ async fn valid_event_lands_once_byte_for_byte_with_attributes() {
         .string_value
         .as_deref()
         .is_some_and(|t| t.len() == 13));
+    assert!(!attrs.contains_key("body_encoding"), "a raw body carries no encoding");
+    // Routed per directory: the message group is the payload's data.directory_id.
+    assert_eq!(
+        attrs["workos_directory_id"].string_value.as_deref(),
+        Some("directory_1")
+    );
+    let system = msgs[0].attributes.clone().unwrap_or_default();
+    assert_eq!(
+        system
+            .get(&MessageSystemAttributeName::MessageGroupId)
+            .map(String::as_str),
+        Some("directory_1"),
+        "{system:?}"
+    );
+}
+
+#[tokio::test]
+async fn events_without_a_directory_share_one_message_group() {
+    let client = sqs().await;
+    let queue = create_queue(&client, "recv-nodir").await;
+    let rx = spawn_receiver(
+        &moto_url(),
+        &[("WORKOS_WEBHOOK_SECRET", SECRET), ("EVENTS_QUEUE_URL", &queue)],
+    );
+    let directory = r#"{"object":"event","id":"event_dir_1","event":"dsync.activated","data":{"object":"directory","id":"directory_9","name":"Acme"}}"#;
+    let none = r#"{"object":"event","id":"event_nodir_1","event":"connection.activated","data":{"object":"connection","id":"conn_1"}}"#;
+    for body in [directory, none] {
+        let resp = post(
+            &rx.url("/webhooks/workos"),
+            body,
+            Some(signature_header(SECRET, now(), body.as_bytes())),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+    }
+    let msgs = drain(&client, &queue).await;
+    let mut groups: Vec<(String, Option<String>, Option<String>)> = msgs
+        .iter()
+        .map(|m| {
+            let attrs = m.message_attributes.clone().unwrap_or_default();
+            (
+                attrs["workos_event_id"].string_value.clone().unwrap_or_default(),
+                m.attributes
+                    .as_ref()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId).cloned()),
+                attrs.get("workos_directory_id").and_then(|a| a.string_value.clone()),
+            )
+        })
+        .collect();
+    groups.sort();
+    assert_eq!(
+        groups,
+        vec![
+            (
+                "event_dir_1".into(),
+                Some("directory_9".into()),
+                Some("directory_9".into())
+            ),
+            ("event_nodir_1".into(), Some("no-directory".into()), None),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_body_sqs_refuses_is_queued_base64_and_decodes_to_the_same_bytes() {
+    let client = sqs().await;
+    let queue = create_queue(&client, "recv-b64").await;
+    let rx = spawn_receiver(
+        &moto_url(),
+        &[("WORKOS_WEBHOOK_SECRET", SECRET), ("EVENTS_QUEUE_URL", &queue)],
+    );
+    // U+FFFE and U+FFFF may stand raw in a JSON string; SQS refuses both in a message body.
+    let body = event_body("event_b64_1").replace("Enterprise Admins", "Admins \u{FFFE}\u{FFFF} \\u0001");
+    let resp = post(
+        &rx.url("/webhooks/workos"),
+        &body,
+        Some(signature_header(SECRET, now(), body.as_bytes())),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let msgs = drain(&client, &queue).await;
+    assert_eq!(msgs.len(), 1);
+    let attrs = msgs[0].message_attributes.clone().unwrap_or_default();
+    let encoding = attrs.get("body_encoding").and_then(|a| a.string_value.as_deref());
+    assert_eq!(encoding, Some("base64"));
+    assert_eq!(attrs["workos_event_id"].string_value.as_deref(), Some("event_b64_1"));
+    let queued = msgs[0].body.as_deref().unwrap_or_default();
+    assert!(dsync::queue::sqs_body_allowed(queued));
+    let original = decode_body(queued, encoding).expect("decodes");
+    assert_eq!(original.as_bytes(), body.as_bytes());
+}
+
+/// Send `body` signed with `secret` and return the status.
+async fn status_for(url: &str, secret: &str, id: &str) -> u16 {
+    let body = event_body(id);
+    post(url, &body, Some(signature_header(secret, now(), body.as_bytes())))
+        .await
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn the_secret_comes_from_secrets_manager_and_rotates_without_a_restart() {
+    let client = sqs().await;
+    let queue = create_queue(&client, "recv-sm").await;
+    let sm = secretsmanager().await;
+    let arn = sm
+        .create_secret()
+        .name(unique("dsync/workos-webhook-secret"))
+        .secret_string("whsec_sm_old")
+        .send()
+        .await
+        .expect("create_secret on moto")
+        .arn
+        .expect("secret arn");
+    let log = std::env::temp_dir().join(format!("{}.log", unique("receiver-sm")));
+    let rx = spawn_receiver_logging_to(
+        &moto_url(),
+        &[
+            ("WORKOS_WEBHOOK_SECRET_ARN", &arn),
+            ("EVENTS_QUEUE_URL", &queue),
+            ("WORKOS_WEBHOOK_SECRET_REFRESH_SECS", "1"),
+            ("AWS_LAMBDA_LOG_FORMAT", "JSON"),
+        ],
+        &log,
+    );
+    let url = rx.url("/webhooks/workos");
+    let put = |value: &'static str| {
+        let (sm, arn) = (sm.clone(), arn.clone());
+        async move {
+            sm.put_secret_value()
+                .secret_id(arn)
+                .secret_string(value)
+                .send()
+                .await
+                .expect("put_secret_value on moto");
+        }
+    };
+    let refresh_interval = Duration::from_millis(1100);
+
+    assert_eq!(status_for(&url, "whsec_sm_old", "event_sm_1").await, 200);
+    // Rotation step 2: both secrets stored. No restart: the first mismatch re-reads the list.
+    put("whsec_sm_old,whsec_sm_new").await;
+    tokio::time::sleep(refresh_interval).await;
+    assert_eq!(status_for(&url, "whsec_sm_new", "event_sm_2").await, 200);
+    assert_eq!(status_for(&url, "whsec_sm_old", "event_sm_3").await, 200);
+    // Step 4: the old secret removed. The next mismatch re-reads the list; the old one is refused.
+    put("whsec_sm_new").await;
+    tokio::time::sleep(refresh_interval).await;
+    assert_eq!(status_for(&url, "whsec_sm_probe", "event_sm_probe").await, 401);
+    assert_eq!(status_for(&url, "whsec_sm_old", "event_sm_4").await, 401);
+    assert_eq!(status_for(&url, "whsec_sm_new", "event_sm_5").await, 200);
+
+    let mut ids: Vec<String> = drain(&client, &queue)
+        .await
+        .iter()
+        .filter_map(|m| {
+            m.message_attributes
+                .as_ref()?
+                .get("workos_event_id")?
+                .string_value
+                .clone()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["event_sm_1", "event_sm_2", "event_sm_3", "event_sm_5"]);
+
+    drop(rx);
+    let text = std::fs::read_to_string(&log).expect("receiver log");
+    let _ = std::fs::remove_file(&log);
+    let refreshed = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["fields"]["outcome"] == "secret_refreshed" && l["fields"]["changed"] == true)
+        .count();
+    assert_eq!(refreshed, 2, "two re-reads that found a new value:\n{text}");
+    assert!(!text.contains("whsec_sm"), "a secret reached the log:\n{text}");
+}
+
+#[tokio::test]
+async fn an_unreadable_secret_fails_init_with_a_clear_message() {
+    let missing = format!(
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:{}-AbCdEf",
+        unique("no-such-secret")
+    );
+    let out = Command::new(integration_tests::built_binary("webhook-receiver"))
+        .env_clear()
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("EVENTS_QUEUE_URL", "http://127.0.0.1:1/q")
+        .env("WORKOS_WEBHOOK_SECRET_ARN", &missing)
+        .env("AWS_ENDPOINT_URL", moto_url())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .expect("run receiver");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot read the webhook secret"), "{stderr}");
+    assert!(stderr.contains(&missing), "names the secret: {stderr}");
 }
 
 #[tokio::test]
@@ -232,5 +437,8 @@ async fn missing_config_fails_at_init_with_a_clear_message() {
         .expect("run receiver");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("WORKOS_WEBHOOK_SECRET must be set"), "{stderr}");
+    assert!(
+        stderr.contains("WORKOS_WEBHOOK_SECRET_ARN or WORKOS_WEBHOOK_SECRET must be set"),
+        "{stderr}"
+    );
 }

@@ -1,6 +1,9 @@
 //! webhook-receiver: verify the WorkOS signature, enqueue the raw event to SQS, answer.
 //!
-//! All configuration is read and checked before serving; the SQS client is built once.
+//! All configuration is read and checked before serving, the webhook secret is read once (from
+//! Secrets Manager with `WORKOS_WEBHOOK_SECRET_ARN`, or `WORKOS_WEBHOOK_SECRET` itself locally),
+//! and the clients are built once. A signature that matches no secret re-reads the secret at most
+//! once a minute, so a rotation needs no restart.
 //! With `LISTEN_ADDR` set it serves plain HTTP instead of the Lambda runtime.
 
 use std::process::ExitCode;
@@ -11,6 +14,7 @@ use dsync::clock::SystemClock;
 use dsync::config::ProcessEnv;
 use dsync::queue::SqsQueue;
 use dsync::receiver::{lambda, local, Receiver, ReceiverConfig};
+use dsync::secrets::CachedSecret;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -23,10 +27,26 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // One SDK configuration for SQS and Secrets Manager: the receiver's bounded budget.
     let sdk = load_sdk_config(SdkBudget::RECEIVER).await;
+    let secret = match CachedSecret::from_source(&config.secret, &sdk, SystemClock).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the webhook secret");
+            eprintln!("webhook-receiver: cannot read the webhook secret: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let queue = SqsQueue::new(SqsClient::new(&sdk), config.queue_url.clone());
     let listen_addr = config.listen_addr;
-    let receiver = Arc::new(Receiver::from_config(config, queue, SystemClock));
+    let receiver = match Receiver::from_config(config, secret, queue, SystemClock) {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            tracing::error!(error = %e, "invalid configuration");
+            eprintln!("webhook-receiver: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
 
     let result = match listen_addr {
         Some(addr) => serve_locally(receiver, addr).await,

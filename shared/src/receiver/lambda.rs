@@ -81,9 +81,10 @@ pub async fn handle_event<Q: EventQueue, C: Clock>(
     let LambdaEvent { payload, context } = event;
     if has_undecodable_body(&payload) {
         let outcome = Outcome::BadRequest("body is marked base64 but does not decode");
+        let (log_outcome, log_status) = outcome.log_fields();
         tracing::warn!(
-            outcome = "refused",
-            status = 400,
+            outcome = log_outcome,
+            status = log_status,
             reason = outcome.public_message(),
             "webhook refused"
         );
