@@ -192,17 +192,16 @@ import json, sys
 s = json.load(sys.stdin)
 g = {x["name"]: x for x in s["groups"]}
 a, e = g["Enterprise Admins"], g["Engineering"]
-print(s["directory_id"], a["id"], e["id"], ",".join(a["user_ids"]))
+print(s["directory_id"], s["organization_id"], a["id"], e["id"], ",".join(a["user_ids"]))
 ' <<<"$seed_json")" || die "unexpected answer from POST /_sandbox/seed: $seed_json"
-read -r DIRECTORY_ID ADMINS_ID ENG_ID ADMIN_USERS <<<"$ids"
+read -r DIRECTORY_ID ORG_ID ADMINS_ID ENG_ID ADMIN_USERS <<<"$ids"
 [ -n "${ADMIN_USERS:-}" ] || die "unexpected answer from POST /_sandbox/seed: $seed_json"
 echo "directory $DIRECTORY_ID: \"Enterprise Admins\" $ADMINS_ID, \"Engineering\" $ENG_ID (10 users each)"
 wait_delivered
 
 export WORKOS_API_KEY="$API_KEY" WORKOS_API_BASE_URL="$SANDBOX"
-# One DynamoDB write at a time: moto's TransactWriteItems is not safe against concurrent writes.
-export STORE_CONCURRENCY=1
-export ENTITLEMENT_RULES="{\"by_group_id\":{\"$ADMINS_ID\":[\"admin-console\"]},\"by_group_name\":{\"Platform Admins\":[\"audit-log\"]}}"
+# A group-id rule for the admins group, and a name rule scoped to this customer's organization.
+export ENTITLEMENT_RULES="{\"organizations\":{\"$ORG_ID\":{\"by_group_id\":{\"$ADMINS_ID\":[\"admin-console\"]},\"by_group_name\":{\"Platform Admins\":[\"audit-log\"]}}}}"
 echo "ENTITLEMENT_RULES=$ENTITLEMENT_RULES"
 
 say "initial sync: dsync reconcile, then dsync process --until-empty"
@@ -263,7 +262,7 @@ echo "$px_pid" >"$DEMO_DIR/process.pid" && echo "$BIN/dsync process" >"$DEMO_DIR
 if [ "$started_moto" = 1 ]; then echo "$MOTO_PORT" >"$DEMO_DIR/moto.port"; fi
 {
   scripts/emu.sh env
-  for v in EVENTS_TABLE STATE_TABLE EVENTS_QUEUE_URL DLQ_URL WORKOS_API_KEY WORKOS_API_BASE_URL ENTITLEMENT_RULES STORE_CONCURRENCY; do
+  for v in EVENTS_TABLE STATE_TABLE EVENTS_QUEUE_URL DLQ_URL WORKOS_API_KEY WORKOS_API_BASE_URL ENTITLEMENT_RULES; do
     printf 'export %s=%q\n' "$v" "${!v}"
   done
   printf 'export WORKOS_WEBHOOK_SECRET=%q\n' "$SECRET"

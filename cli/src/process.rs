@@ -6,60 +6,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::MessageAttributeValue;
+use dsync::adapters::dynamo_budget::DynamoBudget;
+use dsync::adapters::dynamo_claims::DynamoClaimStore;
+use dsync::adapters::dynamo_state::DynamoStateStore;
+use dsync::adapters::sqs_work::SqsWorkQueue;
+use dsync::adapters::workos::{WorkosClient, WorkosConfig};
 use dsync::aws::{load_sdk_config, DynamoClient, SdkBudget, SqsClient};
-use dsync::claims::DynamoClaimStore;
-use dsync::clock::{Clock, EpochMillis, SystemClock};
+use dsync::clock::{Clock, SystemClock};
 use dsync::config::ProcessEnv;
 use dsync::poller::{poll_once, PollReport, PollerConfig};
 use dsync::processor::config::ProcessorEnv;
 use dsync::processor::Processor;
-use dsync::queue::{ATTR_EVENT_ID, ATTR_EVENT_TYPE, ATTR_SOURCE};
-use dsync::state::DynamoStateStore;
-use dsync::workos::{WorkosClient, WorkosConfig};
-use serde::Serialize;
+use dsync::queue::ATTR_SOURCE;
+use dsync::secrets::CachedSecret;
 
 use crate::{sdk_err, ProcessArgs};
 
-/// The event type of a reconcile request. The processor treats any `dsync.*` type it does not
-/// know as "re-read the whole directory" (`dsync::plan`).
-pub const RECONCILE_EVENT: &str = "dsync.reconcile_requested";
-
-/// The `source` message attribute of what the CLI enqueues.
-const SOURCE: &str = "cli";
-
-#[derive(Debug, Serialize)]
-struct EventBody<'a> {
-    object: &'static str,
-    id: &'a str,
-    event: &'static str,
-    data: DirectoryRef<'a>,
-    created_at: String,
-}
-
-#[derive(Debug, Serialize)]
-struct DirectoryRef<'a> {
-    object: &'static str,
-    id: &'a str,
-    directory_id: &'a str,
-}
-
-/// The id and body of a reconcile request for `directory` made at `now`.
-pub fn reconcile_event(directory: &str, now: EpochMillis) -> Result<(String, String), String> {
-    let id = format!("reconcile_{directory}_{}", now.0);
-    let body = EventBody {
-        object: "event",
-        id: &id,
-        event: RECONCILE_EVENT,
-        data: DirectoryRef {
-            object: "directory",
-            id: directory,
-            directory_id: directory,
-        },
-        created_at: dsync::event::format_created_at(now),
-    };
-    let json = serde_json::to_string(&body).map_err(|e| e.to_string())?;
-    Ok((id, json))
-}
+/// The `source` message attribute of a reconcile request.
+const SOURCE: &str = "request";
 
 fn string_attr(v: &str) -> Result<MessageAttributeValue, String> {
     MessageAttributeValue::builder()
@@ -69,38 +33,44 @@ fn string_attr(v: &str) -> Result<MessageAttributeValue, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Ask the processor for a full reconcile of a directory (as the scheduler does).
 pub async fn request_reconcile(queue_url: &str, directory: &str) -> Result<(), String> {
-    let (id, body) = reconcile_event(directory, SystemClock.now())?;
+    let body = dsync::plan::request_body(directory, SystemClock.now());
     let sqs = SqsClient::new(&load_sdk_config(SdkBudget::WORKER).await);
     let out = sqs
         .send_message()
         .queue_url(queue_url)
         .message_body(body)
-        .message_attributes(ATTR_EVENT_ID, string_attr(&id)?)
-        .message_attributes(ATTR_EVENT_TYPE, string_attr(RECONCILE_EVENT)?)
+        .message_group_id(directory)
         .message_attributes(ATTR_SOURCE, string_attr(SOURCE)?)
         .send()
         .await
         .map_err(|e| format!("sending to {queue_url}: {}", sdk_err(e)))?;
     println!(
-        "enqueued {RECONCILE_EVENT} {id} for directory {directory} (message {})",
+        "requested a reconcile of directory {directory} (message {})",
         out.message_id.unwrap_or_default()
     );
     Ok(())
 }
 
-type LocalProcessor = Processor<WorkosClient, DynamoClaimStore, DynamoStateStore, SystemClock>;
+type LocalProcessor = Processor<WorkosClient, DynamoClaimStore, DynamoStateStore, SqsWorkQueue, SystemClock>;
 
-fn build_processor(sdk: &dsync::aws::SdkConfig) -> Result<LocalProcessor, String> {
+async fn build_processor(sdk: &dsync::aws::SdkConfig, queue_url: &str) -> Result<LocalProcessor, String> {
     let env = ProcessorEnv::from_env(&ProcessEnv).map_err(|e| format!("invalid configuration: {e}"))?;
-    let mut workos = WorkosConfig::new(env.api_key.expose());
+    let key = CachedSecret::from_source(&env.api_key, sdk, SystemClock)
+        .await
+        .map_err(|e| format!("cannot read the WorkOS API key: {e}"))?;
+    let mut workos = WorkosConfig::default();
     workos.base_url = env.api_base_url.clone();
-    let api = WorkosClient::new(workos, SystemClock).map_err(|e| format!("invalid configuration: {e}"))?;
     let dynamo = DynamoClient::new(sdk);
+    let budget = DynamoBudget::new(dynamo.clone(), env.state_table.clone(), env.key_rate_per_minute);
+    let api = WorkosClient::with_key(workos, SystemClock, budget, Arc::new(key))
+        .map_err(|e| format!("invalid configuration: {e}"))?;
     Ok(Processor::new(
         api,
         DynamoClaimStore::new(dynamo.clone(), env.events_table),
         DynamoStateStore::new(dynamo, env.state_table),
+        SqsWorkQueue::new(SqsClient::new(sdk), queue_url),
         SystemClock,
         env.config,
     ))
@@ -132,7 +102,7 @@ pub fn batch_line(n: u64, r: &PollReport) -> String {
 
 pub async fn run(args: &ProcessArgs) -> Result<(), String> {
     let sdk = load_sdk_config(SdkBudget::WORKER).await;
-    let processor = build_processor(&sdk)?;
+    let processor = build_processor(&sdk, &args.queue_url).await?;
     // A long poll holds the receive open for --wait-secs: give its attempts room for that.
     let sqs = SqsClient::new(&load_sdk_config(receive_budget(args.wait_secs)).await);
     let config = PollerConfig {
@@ -181,8 +151,20 @@ pub async fn run(args: &ProcessArgs) -> Result<(), String> {
         };
         backoff = Duration::from_secs(1);
         if report.received == 0 {
-            if one_shot {
+            // Deferred events and continuations are on the queue but not visible yet: "until
+            // empty" waits for them (the work is not done while they are there).
+            let waiting = if args.until_empty {
+                dsync::poller::depth(&sqs, &args.queue_url)
+                    .await
+                    .map_err(|e| format!("reading {}: {}", args.queue_url, crate::tidy(&e)))?
+            } else {
+                0
+            };
+            if one_shot && waiting == 0 {
                 break;
+            }
+            if waiting > 0 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
             continue;
         }
@@ -210,25 +192,6 @@ pub async fn run(args: &ProcessArgs) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_reconcile_request_plans_a_reconcile_of_its_directory() {
-        let (id, body) = reconcile_event("directory_01", EpochMillis(1_768_478_400_000)).expect("event");
-        assert_eq!(id, "reconcile_directory_01_1768478400000");
-        let ev = dsync::plan::parse_event(&body).expect("parses");
-        assert_eq!(ev.id, id);
-        assert_eq!(ev.event, RECONCILE_EVENT);
-        assert_eq!(
-            ev.action,
-            dsync::plan::Action::Reconcile {
-                directory_id: "directory_01".into()
-            }
-        );
-        assert_eq!(ev.created_at, Some(EpochMillis(1_768_478_400_000)));
-        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-        assert_eq!(v["data"]["object"], "directory");
-        assert_eq!(v["created_at"], "2026-01-15T12:00:00.000Z");
-    }
 
     #[test]
     fn long_polls_fit_in_an_attempt() {

@@ -1,8 +1,11 @@
 //! `dsync show user|directory`: stored entitlements as an aligned table or JSON.
 //! The store holds ids, states, group names and entitlements only (never e-mails).
 
+use std::collections::HashMap;
+
+use dsync::adapters::dynamo_state::DynamoStateStore;
 use dsync::aws::{load_sdk_config, DynamoClient, SdkBudget};
-use dsync::view::{EntitlementReader, UserEntitlements};
+use dsync::view::{EntitlementReader, Lookup};
 use serde::Serialize;
 
 /// One user, as printed.
@@ -14,7 +17,7 @@ pub struct UserView {
     pub state: Option<String>,
     pub groups: Vec<GroupView>,
     pub entitlements: Vec<String>,
-    /// The entitlements reflect every fact stored for the user (no recompute pending).
+    /// Nothing received about the user is still pending (the gate answers `Unknown` otherwise).
     pub current: bool,
 }
 
@@ -31,17 +34,36 @@ pub struct DirectoryView {
     pub users: Vec<UserView>,
 }
 
-impl From<UserEntitlements> for UserView {
-    fn from(u: UserEntitlements) -> Self {
+impl UserView {
+    /// A gate view, with group names (as last read) from `names`.
+    pub fn of(u: dsync::view::UserView, names: &HashMap<String, String>) -> Self {
         UserView {
             state: u.state.as_ref().map(|s| s.as_str().to_string()),
-            groups: u.groups.into_iter().map(|(id, name)| GroupView { id, name }).collect(),
+            groups: u
+                .groups
+                .iter()
+                .map(|id| GroupView {
+                    id: id.clone(),
+                    name: names.get(id).cloned().unwrap_or_else(|| id.clone()),
+                })
+                .collect(),
+            current: u.is_current(),
             directory_id: u.directory_id,
             user_id: u.user_id,
-            entitlements: u.entitlements,
-            current: u.current,
+            entitlements: u.entitlements.into_iter().collect(),
         }
     }
+}
+
+type Reader = EntitlementReader<DynamoStateStore>;
+
+async fn names(r: &Reader, directory_id: &str) -> Result<HashMap<String, String>, String> {
+    Ok(r.group_names(directory_id)
+        .await
+        .map_err(|e| format!("reading group names: {e}"))?
+        .into_iter()
+        .filter_map(|(id, name)| name.map(|n| (id, n)))
+        .collect())
 }
 
 fn join_or_dash(items: impl Iterator<Item = String>) -> String {
@@ -91,9 +113,9 @@ pub fn table(users: &[UserView]) -> String {
     out
 }
 
-async fn reader(state_table: &str) -> EntitlementReader {
+async fn reader(state_table: &str) -> Reader {
     let sdk = load_sdk_config(SdkBudget::WORKER).await;
-    EntitlementReader::new(DynamoClient::new(&sdk), state_table)
+    EntitlementReader::new(DynamoStateStore::new(DynamoClient::new(&sdk), state_table))
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<String, String> {
@@ -107,13 +129,14 @@ pub async fn user(state_table: &str, directory: Option<&str>, user_id: &str, jso
         None => r.user_by_id(user_id).await,
     }
     .map_err(|e| format!("reading table {state_table}: {e}"))?;
-    let Some(u) = found else {
+    let Lookup::Found(u) = found else {
         return Err(match directory {
             Some(d) => format!("no user {user_id} stored for directory {d} in table {state_table}"),
             None => format!("no user {user_id} stored in table {state_table}"),
         });
     };
-    let view = UserView::from(u);
+    let names = names(&r, &u.directory_id).await?;
+    let view = UserView::of(u, &names);
     if json {
         println!("{}", to_json(&view)?);
     } else {
@@ -124,11 +147,12 @@ pub async fn user(state_table: &str, directory: Option<&str>, user_id: &str, jso
 }
 
 pub async fn directory(state_table: &str, directory_id: &str, json: bool) -> Result<(), String> {
-    let users = reader(state_table)
-        .await
+    let r = reader(state_table).await;
+    let users = r
         .directory(directory_id)
         .await
         .map_err(|e| format!("reading table {state_table}: {e}"))?;
+    let names = names(&r, directory_id).await?;
     if users.is_empty() {
         return Err(format!(
             "nothing stored for directory {directory_id} in table {state_table} (never synced, or purged)"
@@ -136,7 +160,7 @@ pub async fn directory(state_table: &str, directory_id: &str, json: bool) -> Res
     }
     let view = DirectoryView {
         directory_id: directory_id.to_string(),
-        users: users.into_iter().map(UserView::from).collect(),
+        users: users.into_iter().map(|u| UserView::of(u, &names)).collect(),
     };
     if json {
         println!("{}", to_json(&view)?);
@@ -154,15 +178,17 @@ mod tests {
     use super::*;
     use dsync::directory::UserState;
 
-    fn ent(uid: &str, groups: &[(&str, &str)], ents: &[&str], current: bool) -> UserEntitlements {
-        UserEntitlements {
+    fn ent(uid: &str, groups: &[(&str, &str)], ents: &[&str], current: bool) -> UserView {
+        let v = dsync::view::UserView {
             directory_id: "directory_1".into(),
             user_id: uid.into(),
             state: Some(UserState::Active),
             entitlements: ents.iter().map(|s| s.to_string()).collect(),
-            groups: groups.iter().map(|(i, n)| (i.to_string(), n.to_string())).collect(),
-            current,
-        }
+            groups: groups.iter().map(|(i, _)| i.to_string()).collect(),
+            stale: (!current).then_some(dsync::view::Staleness::PendingEvent),
+        };
+        let names = groups.iter().map(|(i, n)| (i.to_string(), n.to_string())).collect();
+        UserView::of(v, &names)
     }
 
     #[test]
@@ -174,8 +200,8 @@ mod tests {
                 &["admin-console", "audit-log"],
                 true,
             )
-            .into(),
-            ent("u2", &[], &[], false).into(),
+            ,
+            ent("u2", &[], &[], false),
         ];
         let t = table(&users);
         let lines: Vec<&str> = t.lines().collect();
@@ -191,7 +217,7 @@ mod tests {
 
     #[test]
     fn an_unread_user_says_so() {
-        let mut u: UserView = ent("u", &[], &[], true).into();
+        let mut u: UserView = ent("u", &[], &[], true);
         u.state = None;
         assert!(table(&[u]).lines().nth(1).is_some_and(|l| l.contains("unread")));
     }
@@ -200,7 +226,7 @@ mod tests {
     fn json_has_named_groups_and_no_email() {
         let v = DirectoryView {
             directory_id: "directory_1".into(),
-            users: vec![ent("u1", &[("g1", "Engineering")], &[], true).into()],
+            users: vec![ent("u1", &[("g1", "Engineering")], &[], true)],
         };
         let j: serde_json::Value = serde_json::from_str(&to_json(&v).expect("json")).expect("parses");
         assert_eq!(j["users"][0]["groups"][0]["name"], "Engineering");

@@ -219,14 +219,6 @@ fn check_keys(name: &str, t: &TableDescription, kind: Table) -> Result<(), Strin
             "table {name} exists with another key schema (want hash key {hash:?}, range key {range:?})"
         ));
     }
-    if kind == Table::State
-        && !t
-            .global_secondary_indexes()
-            .iter()
-            .any(|i| i.index_name() == Some(schema::state::GSI1))
-    {
-        return Err(format!("table {name} exists without the index {}", schema::state::GSI1));
-    }
     Ok(())
 }
 

@@ -145,6 +145,29 @@ where
     })
 }
 
+/// Messages on the queue: visible, in flight, delayed (SQS's approximate counts).
+pub async fn depth(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Result<u64, String> {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .attribute_names(A::ApproximateNumberOfMessagesDelayed)
+        .send()
+        .await
+        .map_err(sqs_err)?;
+    let attrs = out.attributes.unwrap_or_default();
+    Ok([
+        A::ApproximateNumberOfMessages,
+        A::ApproximateNumberOfMessagesNotVisible,
+        A::ApproximateNumberOfMessagesDelayed,
+    ]
+    .iter()
+    .filter_map(|k| attrs.get(k).and_then(|v| v.parse::<u64>().ok()))
+    .sum())
+}
+
 /// Poll until the queue has been empty for one receive (or `max_batches` ran).
 pub async fn drain<A, C, S, Q, K>(
     sqs: &aws_sdk_sqs::Client,

@@ -1,20 +1,25 @@
-//! event-processor: SQS-triggered. Claims each WorkOS event once (DynamoDB conditional put),
-//! re-reads what it names from the WorkOS API, rewrites the directory picture and entitlements.
+//! event-processor: SQS-triggered. Claims each WorkOS event once, gets its directory's work done
+//! under that directory's lease (re-reading WorkOS, rewriting facts and entitlements), and
+//! completes the event only once its effects are applied.
 //!
-//! All configuration is read and checked before the runtime starts; clients are built once.
+//! All configuration is read and checked, the API key read from Secrets Manager, and every
+//! client built before the runtime starts.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use dsync::aws::{load_sdk_config, DynamoClient, SdkBudget};
-use dsync::claims::DynamoClaimStore;
+use dsync::adapters::dynamo_budget::DynamoBudget;
+use dsync::adapters::dynamo_claims::DynamoClaimStore;
+use dsync::adapters::dynamo_state::DynamoStateStore;
+use dsync::adapters::sqs_work::SqsWorkQueue;
+use dsync::adapters::workos::{WorkosClient, WorkosConfig};
+use dsync::aws::{load_sdk_config, DynamoClient, SdkBudget, SqsClient};
 use dsync::clock::{EpochMillis, SystemClock};
 use dsync::config::ProcessEnv;
 use dsync::processor::config::ProcessorEnv;
 use dsync::processor::{lambda, Processor};
-use dsync::state::DynamoStateStore;
-use dsync::workos::{WorkosClient, WorkosConfig};
+use dsync::secrets::CachedSecret;
 use lambda_runtime::{service_fn, LambdaEvent};
 
 #[tokio::main]
@@ -28,21 +33,31 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut workos = WorkosConfig::new(env.api_key.expose());
+    let sdk = load_sdk_config(SdkBudget::WORKER).await;
+    let key = match CachedSecret::from_source(&env.api_key, &sdk, SystemClock).await {
+        Ok(k) => Arc::new(k),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the WorkOS API key");
+            eprintln!("event-processor: cannot read the WorkOS API key: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let dynamo = DynamoClient::new(&sdk);
+    let mut workos = WorkosConfig::default();
     workos.base_url = env.api_base_url.clone();
-    let api = match WorkosClient::new(workos, SystemClock) {
+    let budget = DynamoBudget::new(dynamo.clone(), env.state_table.clone(), env.key_rate_per_minute);
+    let api = match WorkosClient::with_key(workos, SystemClock, budget, key) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("event-processor: invalid configuration: {e}");
             return ExitCode::from(2);
         }
     };
-    let sdk = load_sdk_config(SdkBudget::WORKER).await;
-    let dynamo = DynamoClient::new(&sdk);
     let processor = Arc::new(Processor::new(
         api,
         DynamoClaimStore::new(dynamo.clone(), env.events_table),
         DynamoStateStore::new(dynamo, env.state_table),
+        SqsWorkQueue::new(SqsClient::new(&sdk), env.queue_url),
         SystemClock,
         env.config,
     ));

@@ -25,6 +25,7 @@ use crate::clock::{Clock, EpochMillis};
 use crate::directory::{ApiError, CallBudget, DirGroup, DirInfo, DirUser, DirectoryApi, Listing, Page, UserState};
 use crate::model::{email_hash, idp_hash};
 use crate::ports::budget::{RateBudget, Unlimited};
+use crate::secrets::{CachedSecret, Refresh, DEFAULT_REFRESH_INTERVAL};
 
 /// `limit` sent on every list request (WorkOS's maximum).
 pub const PAGE_LIMIT: u32 = 100;
@@ -158,6 +159,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// The per-key budget shared with every other process using the key.
     budget: Arc<dyn KeyBudget>,
+    /// The API key, when it comes from a secret that can rotate (else it is a default header).
+    key: Option<Arc<CachedSecret>>,
     /// Per directory: the earliest instant the next `/directory_users` request may be sent.
     pacing: Mutex<HashMap<String, EpochMillis>>,
 }
@@ -206,6 +209,17 @@ impl<B: RateBudget> KeyBudget for Budgeted<B> {
     }
 }
 
+/// `Bearer <key>`, marked sensitive so it is never printed; `None` for an empty or invalid key.
+fn bearer(key: &str) -> Option<HeaderValue> {
+    let key = key.trim();
+    if key.is_empty() {
+        return None;
+    }
+    let mut v = HeaderValue::from_str(&format!("Bearer {key}")).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -222,6 +236,27 @@ impl WorkosClient {
 
     /// The same, taking every request from a budget shared by all processes using the key.
     pub fn with_budget(config: WorkosConfig, clock: impl Clock, budget: impl RateBudget) -> Result<Self, WorkosClientError> {
+        Self::build(config, clock, budget, None)
+    }
+
+    /// With the API key read from a [`CachedSecret`] on every request: when WorkOS answers 401,
+    /// the secret is re-read (at most once a minute) and the request tried once more with the new
+    /// key, so a rotated key is picked up without a restart.
+    pub fn with_key(
+        config: WorkosConfig,
+        clock: impl Clock,
+        budget: impl RateBudget,
+        key: Arc<CachedSecret>,
+    ) -> Result<Self, WorkosClientError> {
+        Self::build(config, clock, budget, Some(key))
+    }
+
+    fn build(
+        config: WorkosConfig,
+        clock: impl Clock,
+        budget: impl RateBudget,
+        key: Option<Arc<CachedSecret>>,
+    ) -> Result<Self, WorkosClientError> {
         let base = Url::parse(config.base_url.trim()).map_err(|e| WorkosClientError::InvalidBaseUrl(e.to_string()))?;
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
             return Err(WorkosClientError::InvalidBaseUrl(format!(
@@ -229,14 +264,15 @@ impl WorkosClient {
                 base.scheme()
             )));
         }
-        if config.api_key.trim().is_empty() {
-            return Err(WorkosClientError::InvalidApiKey);
-        }
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", config.api_key.trim()))
-            .map_err(|_| WorkosClientError::InvalidApiKey)?;
-        auth.set_sensitive(true);
         let mut headers = HeaderMap::new();
-        headers.insert(AUTHORIZATION, auth);
+        match &key {
+            Some(k) => {
+                bearer(k.value().expose()).ok_or(WorkosClientError::InvalidApiKey)?;
+            }
+            None => {
+                headers.insert(AUTHORIZATION, bearer(&config.api_key).ok_or(WorkosClientError::InvalidApiKey)?);
+            }
+        }
         headers.insert(
             USER_AGENT,
             HeaderValue::from_static(concat!("dsync/", env!("CARGO_PKG_VERSION"))),
@@ -255,6 +291,7 @@ impl WorkosClient {
                 config,
                 clock: Arc::new(clock),
                 budget: Arc::new(Budgeted(budget)),
+                key,
                 pacing: Mutex::new(HashMap::new()),
             }),
         })
@@ -316,8 +353,10 @@ impl WorkosClient {
         let cfg = &self.inner.config;
         let clock = &self.inner.clock;
         let hard = budget.deadline.saturating_sub(cfg.deadline_margin);
-        let max_attempts = cfg.max_attempts.max(1);
+        // One more when the key can rotate: the retry with a re-read key.
+        let max_attempts = cfg.max_attempts.max(1) + u32::from(self.inner.key.is_some());
         let mut last: Option<ApiError> = None;
+        let mut key_refreshed = false;
         let give_up = |last: Option<ApiError>| Err(last.unwrap_or(ApiError::DeadlineExceeded));
 
         for attempt in 1..=max_attempts {
@@ -365,11 +404,18 @@ impl WorkosClient {
                 return give_up(last);
             }
             let timeout = cfg.request_timeout.min(remaining);
+            let key_version = self.inner.key.as_ref().map(|k| k.version());
             budget.record_call();
             let outcome = self
                 .attempt(route, url.clone(), query, none_on_404, timeout, attempt)
                 .await;
             let (error, wait) = match outcome {
+                Attempt::Done(Err(ApiError::Auth { status: 401 })) if !key_refreshed && self.key_rotated(key_version).await => {
+                    // The key was rotated: once more with the new one.
+                    key_refreshed = true;
+                    last = Some(ApiError::Auth { status: 401 });
+                    continue;
+                }
                 Attempt::Done(result) => return result,
                 Attempt::Retry { error, wait } => (error, wait),
             };
@@ -416,6 +462,21 @@ impl WorkosClient {
         give_up(last)
     }
 
+    /// After a 401: was the key replaced since `used` (re-reading it if due)?
+    async fn key_rotated(&self, used: Option<u64>) -> bool {
+        let (Some(k), Some(used)) = (&self.inner.key, used) else {
+            return false;
+        };
+        match k.refresh_if_older_than(DEFAULT_REFRESH_INTERVAL).await {
+            Ok(Refresh::Changed) => true,
+            Ok(_) => k.version() > used,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not re-read the WorkOS API key");
+                false
+            }
+        }
+    }
+
     /// Send once and classify the answer.
     async fn attempt(
         &self,
@@ -426,7 +487,14 @@ impl WorkosClient {
         timeout: Duration,
         attempt: u32,
     ) -> Attempt {
-        let sent = self.inner.http.get(url).query(query).timeout(timeout).send().await;
+        let mut req = self.inner.http.get(url).query(query).timeout(timeout);
+        if let Some(k) = &self.inner.key {
+            match bearer(k.value().expose()) {
+                Some(v) => req = req.header(AUTHORIZATION, v),
+                None => return Attempt::Done(Err(ApiError::Auth { status: 401 })),
+            }
+        }
+        let sent = req.send().await;
         let resp = match sent {
             Ok(r) => r,
             Err(e) => return transport_failure(route, &e, attempt),

@@ -10,7 +10,6 @@ use crate::rules::Rules;
 pub const ENV_EVENTS_TABLE: &str = "EVENTS_TABLE";
 pub const ENV_STATE_TABLE: &str = "STATE_TABLE";
 pub const ENV_QUEUE_URL: &str = "EVENTS_QUEUE_URL";
-pub const ENV_API_KEY: &str = "WORKOS_API_KEY";
 pub const ENV_API_BASE_URL: &str = "WORKOS_API_BASE_URL";
 pub const ENV_RULES: &str = "ENTITLEMENT_RULES";
 pub const ENV_CLAIM_TTL_DAYS: &str = "CLAIM_TTL_DAYS";
@@ -42,7 +41,7 @@ impl Default for ProcessorConfig {
             claim_ttl: Duration::from_secs(30 * 86_400),
             concurrency: 8,
             reserve: Duration::from_secs(3),
-            defer_min: Duration::from_secs(15),
+            defer_min: Duration::from_secs(5),
             defer_max: Duration::from_secs(900),
         }
     }
@@ -63,7 +62,8 @@ pub struct ProcessorEnv {
     pub events_table: String,
     pub state_table: String,
     pub queue_url: String,
-    pub api_key: crate::config::SecretString,
+    /// Where the WorkOS API key comes from (Secrets Manager, or a literal in local mode).
+    pub api_key: crate::secrets::SecretSource,
     pub api_base_url: String,
     /// WorkOS requests per minute for the whole API key, shared by every invocation.
     pub key_rate_per_minute: u32,
@@ -76,7 +76,7 @@ impl ProcessorEnv {
         let state_table = env.required(ENV_STATE_TABLE)?;
         let queue_url = env.required(ENV_QUEUE_URL)?;
         check_http_url(ENV_QUEUE_URL, &queue_url)?;
-        let api_key = crate::config::SecretString::new(env.required(ENV_API_KEY)?);
+        let api_key = crate::secrets::api_key_source(env)?;
         let api_base_url = env
             .value(ENV_API_BASE_URL)
             .unwrap_or_else(|| "https://api.workos.com".into());
@@ -156,7 +156,7 @@ mod tests {
             (ENV_EVENTS_TABLE, "events"),
             (ENV_STATE_TABLE, "state"),
             (ENV_QUEUE_URL, "http://127.0.0.1:4566/123456789012/q"),
-            (ENV_API_KEY, "sk_test_secretkey"),
+            (crate::secrets::ENV_API_KEY, "sk_test_secretkey"),
         ])
     }
 
@@ -176,11 +176,17 @@ mod tests {
 
     #[test]
     fn each_required_setting_is_named_when_missing() {
-        for k in [ENV_EVENTS_TABLE, ENV_STATE_TABLE, ENV_QUEUE_URL, ENV_API_KEY] {
+        for k in [ENV_EVENTS_TABLE, ENV_STATE_TABLE, ENV_QUEUE_URL] {
             let mut m = base();
             m.remove(k);
             assert_eq!(ProcessorEnv::from_env(&m).err(), Some(ConfigError::Missing(k)));
         }
+        let mut m = base();
+        m.remove(crate::secrets::ENV_API_KEY);
+        assert!(
+            ProcessorEnv::from_env(&m).is_err(),
+            "the API key (or its secret ARN) is required"
+        );
     }
 
     #[test]

@@ -9,12 +9,25 @@ use crate::directory::DirectoryApi;
 use crate::ports::claims::ClaimStore;
 use crate::ports::queue::WorkQueue;
 use crate::ports::state::StateStore;
-use crate::queue::ATTR_SOURCE;
+use crate::queue::{decode_body, ATTR_BODY_ENCODING, ATTR_SOURCE};
 
+/// The record of an SQS message; a body the receiver had to base64-encode is decoded back to the
+/// exact bytes WorkOS signed (an undecodable one becomes a record without a body: invalid).
 pub fn record_of(m: &SqsMessage) -> Record {
+    let encoding = m
+        .message_attributes
+        .get(ATTR_BODY_ENCODING)
+        .and_then(|a| a.string_value.as_deref());
+    let body = m.body.as_deref().and_then(|b| match decode_body(b, encoding) {
+        Ok(body) => Some(body),
+        Err(e) => {
+            tracing::warn!(message_id = ?m.message_id, error = %e, "undecodable message body");
+            None
+        }
+    });
     Record {
         message_id: m.message_id.clone().unwrap_or_default(),
-        body: m.body.clone(),
+        body,
         source: m
             .message_attributes
             .get(ATTR_SOURCE)
