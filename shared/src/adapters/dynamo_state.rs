@@ -252,6 +252,46 @@ pub mod codec {
         })
     }
 
+    /// The control record as stored (the adapter writes it attribute by attribute; this is
+    /// what a read returns, used to bill reads of it).
+    pub fn ctl(dir: &str, c: &Ctl) -> Item {
+        let mut it = key(dir_pk(dir), CTL_SK.to_string());
+        it.insert("kind".into(), s("ctl"));
+        if let Some(o) = &c.organization_id {
+            it.insert("organization_id".into(), s(o));
+        }
+        opt_n(&mut it, "deleted_at_ms", c.deleted_at);
+        if !c.pending_users.is_empty() {
+            it.insert(
+                "pending_users".into(),
+                AttributeValue::Ss(c.pending_users.iter().cloned().collect()),
+            );
+        }
+        if !c.pending_groups.is_empty() {
+            it.insert(
+                "pending_groups".into(),
+                AttributeValue::Ss(c.pending_groups.iter().cloned().collect()),
+            );
+        }
+        if let Some(f) = &c.full {
+            it.insert("full_first_ms".into(), n(f.first.0));
+            it.insert("full_after_ms".into(), n(f.after.0));
+        }
+        opt_n(&mut it, "full_applied_ms", c.full_applied_at);
+        for (g, t) in &c.propagating {
+            it.insert(format!("{PROP_PREFIX}{g}"), n(t.0));
+        }
+        if let Some(r) = &c.last_run {
+            if let Ok(j) = serde_json::to_string(r) {
+                it.insert("last_run".into(), s(j));
+            }
+        }
+        if let Some(c) = c.full_cost {
+            it.insert("full_cost".into(), n(c));
+        }
+        it
+    }
+
     pub fn parse_ctl(it: &Item) -> Result<Ctl, StoreError> {
         let set = |k: &str| -> BTreeSet<String> {
             it.get(k)

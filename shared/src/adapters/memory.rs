@@ -17,6 +17,10 @@ use crate::ports::queue::{WorkQueue, WorkQueueError};
 use crate::ports::state::*;
 use crate::ports::StoreError;
 
+/// Expiry stamps used only to size items like the DynamoDB adapter writes them (10 digits).
+const SEEN_EXPIRES: u64 = 1_800_000_000;
+const RUN_EXPIRES: u64 = 1_800_000_000;
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -317,15 +321,9 @@ impl StateStore for MemState {
 
     async fn ctl(&self, dir: &str) -> Result<Ctl, StoreError> {
         let d = lock(&self.data);
-        let c = d.ctls.get(dir).cloned().unwrap_or_default();
-        // About what the record weighs: its sets, marks and summary.
-        let size = 64
-            + c.pending_users.iter().map(|u| u.len() + 1).sum::<usize>()
-            + c.pending_groups.iter().map(|g| g.len() + 1).sum::<usize>()
-            + c.propagating.keys().map(|g| g.len() + 12).sum::<usize>()
-            + if c.last_run.is_some() { 400 } else { 0 };
-        self.read(bill::read_item(size));
-        Ok(c)
+        let c = d.ctls.get(dir).cloned();
+        self.read(bill::read_item(c.as_ref().map_or(0, |c| item_size(&codec::ctl(dir, c)))));
+        Ok(c.unwrap_or_default())
     }
 
     async fn absorb(&self, dir: &str, a: &Absorb) -> Result<(), StoreError> {
@@ -398,7 +396,9 @@ impl StateStore for MemState {
 
     async fn put_seen(&self, dir: &str, run: &str, container: &str, page: u32, seen: &SeenPage) -> Result<(), StoreError> {
         let mut d = lock(&self.data);
-        self.wrote(bill::write_item(item_size(&codec::seen(dir, run, container, page, seen, 0))));
+        self.wrote(bill::write_item(item_size(&codec::seen(
+            dir, run, container, page, seen, SEEN_EXPIRES,
+        ))));
         d.seen.insert(
             (dir.to_string(), run.to_string(), container.to_string(), page),
             seen.clone(),
@@ -418,7 +418,7 @@ impl StateStore for MemState {
         self.read(bill::query(
             pages
                 .iter()
-                .map(|p| item_size(&codec::seen(dir, run, container, 0, p, 0)))
+                .map(|p| item_size(&codec::seen(dir, run, container, 0, p, SEEN_EXPIRES)))
                 .sum(),
         ));
         Ok(pages)
@@ -431,14 +431,17 @@ impl StateStore for MemState {
             .get(&(dir.to_string(), run.to_string(), container.to_string(), page))
             .cloned();
         self.read(bill::read_item(p.as_ref().map_or(0, |p| {
-            item_size(&codec::seen(dir, run, container, page, p, 0))
+            item_size(&codec::seen(dir, run, container, page, p, SEEN_EXPIRES))
         })));
         Ok(p)
     }
 
     async fn alias(&self, user_id: &str) -> Result<Option<String>, StoreError> {
-        self.read(bill::read_item(64));
-        Ok(lock(&self.data).aliases.get(user_id).cloned())
+        let dir = lock(&self.data).aliases.get(user_id).cloned();
+        self.read(bill::read_item(
+            dir.as_ref().map_or(0, |d| item_size(&codec::alias(d, user_id))),
+        ));
+        Ok(dir)
     }
 
     async fn lookups(
@@ -454,75 +457,101 @@ impl StateStore for MemState {
             .filter(|(o, k, h, _, _)| o == organization_id && *k == kind && h == hash)
             .map(|(_, _, _, dir, u)| (dir.clone(), u.clone()))
             .collect();
-        self.read(bill::query(out.len() * 120));
+        self.read(bill::query(
+            out.iter()
+                .map(|(dir, u)| item_size(&codec::lookup(dir, organization_id, kind, hash, u)))
+                .sum(),
+        ));
         Ok(out)
     }
 
-    async fn purge_page(&self, dir: &str, _after: Option<&str>, limit: usize) -> Result<Purged, StoreError> {
+    async fn purge_page(&self, dir: &str, after: Option<&str>, limit: usize) -> Result<Purged, StoreError> {
+        // The partition in sort-key order, as DynamoDB keeps it: (sort key, size, what it is).
+        enum Rec {
+            Keep,
+            User(String),
+            Group(String),
+            Member(String, String),
+        }
+        let ctl = self.ctl(dir).await?;
+        let org = ctl.organization_id.clone();
         let mut d = lock(&self.data);
-        let org = d.ctls.get(dir).and_then(|c| c.organization_id.clone());
+        let mut part: Vec<(String, usize, Rec)> = Vec::new();
+        if let Some(f) = d.fences.get(dir) {
+            part.push((
+                "fence".into(),
+                codec::fence(dir, &f.value, f.version).map_or(0, |i| item_size(&i)),
+                Rec::Keep,
+            ));
+        }
+        if d.ctls.contains_key(dir) {
+            part.push(("ctl".into(), item_size(&codec::ctl(dir, &ctl)), Rec::Keep));
+        }
+        for ((d2, u), v) in d.users.range((dir.to_string(), String::new())..) {
+            if d2 != dir {
+                break;
+            }
+            part.push((format!("user#{u}"), item_size(&codec::user(dir, &v.value, v.version)), Rec::User(u.clone())));
+        }
+        for ((d2, g), v) in d.groups.range((dir.to_string(), String::new())..) {
+            if d2 != dir {
+                break;
+            }
+            part.push((format!("group#{g}"), item_size(&codec::group(dir, &v.value, v.version)), Rec::Group(g.clone())));
+        }
+        for (d2, g, u) in d.members.range((dir.to_string(), String::new(), String::new())..) {
+            if d2 != dir {
+                break;
+            }
+            part.push((format!("gm#{g}#{u}"), item_size(&codec::member(dir, g, u)), Rec::Member(g.clone(), u.clone())));
+        }
+        part.sort_by(|a, b| a.0.cmp(&b.0));
+        let start = after.map_or(0, |a| part.partition_point(|(sk, _, _)| sk.as_str() <= a));
+        let page: Vec<&(String, usize, Rec)> = part[start..].iter().take(limit.max(1)).collect();
+        self.read(bill::query(page.iter().map(|(_, size, _)| *size).sum()));
+        let next = (start + page.len() < part.len()).then(|| page.last().map(|(sk, _, _)| sk.clone())).flatten();
+        let mut users = Vec::new();
+        let mut groups = Vec::new();
+        let mut members = Vec::new();
+        for (_, _, rec) in &page {
+            match rec {
+                Rec::Keep => {}
+                Rec::User(u) => users.push(u.clone()),
+                Rec::Group(g) => groups.push(g.clone()),
+                Rec::Member(g, u) => members.push((g.clone(), u.clone())),
+            }
+        }
         let mut deleted = 0usize;
-        let limit = limit.max(1);
-        let users: Vec<(String, String)> = d
-            .users
-            .range((dir.to_string(), String::new())..)
-            .take_while(|((d2, _), _)| d2 == dir)
-            .take(limit)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in users {
-            if let Some(u) = d.users.remove(&k) {
+        for u in users {
+            if let Some(v) = d.users.remove(&(dir.to_string(), u.clone())) {
+                // The user record and its alias.
+                d.aliases.remove(&u);
                 deleted += 2;
-                d.aliases.remove(&u.value.user_id);
                 if let Some(org) = &org {
-                    for (kind, h) in [(LookupKind::Email, &u.value.email_hash), (LookupKind::Idp, &u.value.idp_hash)] {
+                    for (kind, h) in [(LookupKind::Email, &v.value.email_hash), (LookupKind::Idp, &v.value.idp_hash)] {
                         if let Some(h) = h {
-                            if d.lookups.remove(&(org.clone(), kind, h.clone(), dir.to_string(), u.value.user_id.clone())) {
-                                deleted += 1;
-                            }
+                            d.lookups.remove(&(org.clone(), kind, h.clone(), dir.to_string(), u.clone()));
+                            deleted += 1;
                         }
                     }
                 }
             }
         }
-        let room = limit.saturating_sub(deleted);
-        let groups: Vec<(String, String)> = d
-            .groups
-            .range((dir.to_string(), String::new())..)
-            .take_while(|((d2, _), _)| d2 == dir)
-            .take(room)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in groups {
-            d.groups.remove(&k);
+        for g in groups {
+            d.groups.remove(&(dir.to_string(), g));
             deleted += 1;
         }
-        let room = limit.saturating_sub(deleted);
-        let members: Vec<(String, String, String)> = d
-            .members
-            .range((dir.to_string(), String::new(), String::new())..)
-            .take_while(|(d2, _, _)| d2 == dir)
-            .take(room)
-            .cloned()
-            .collect();
-        for k in members {
-            d.members.remove(&k);
+        for (g, u) in members {
+            d.members.remove(&(dir.to_string(), g, u));
             deleted += 1;
         }
-        let more = d.users.keys().any(|(d2, _)| d2 == dir)
-            || d.groups.keys().any(|(d2, _)| d2 == dir)
-            || d.members.iter().any(|(d2, _, _)| d2 == dir);
         self.wrote(deleted as u64);
-        // The in-memory purge always restarts from the beginning: what was deleted is gone.
-        Ok(Purged {
-            deleted,
-            after: more.then(|| "more".to_string()),
-        })
+        Ok(Purged { deleted, after: next })
     }
 
     async fn put_run(&self, dir: &str, run: &RunSummary) -> Result<(), StoreError> {
         let mut d = lock(&self.data);
-        self.wrote(1);
+        self.wrote(bill::write_item(item_size(&codec::run(dir, run, RUN_EXPIRES)?)));
         d.runs.push((dir.to_string(), run.clone()));
         Ok(())
     }
