@@ -12,4 +12,7 @@ fi
 cleanup() { if [ "$started_here" = 1 ]; then scripts/emu.sh stop; fi; }
 trap cleanup EXIT
 eval "$(scripts/emu.sh env)"
+# Debug builds nest deep poll frames (SDK + HTTP + crash-injection wrappers): give test threads
+# room. Release builds, as deployed, need far less.
+export RUST_MIN_STACK="${RUST_MIN_STACK:-16777216}"
 cargo test --workspace --locked "$@"

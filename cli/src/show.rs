@@ -199,8 +199,7 @@ mod tests {
                 &[("g1", "Platform Admins")],
                 &["admin-console", "audit-log"],
                 true,
-            )
-            ,
+            ),
             ent("u2", &[], &[], false),
         ];
         let t = table(&users);

@@ -81,7 +81,9 @@ fn page_of<T: Clone>(mut items: Vec<(String, T)>, after: Option<&str>, size: usi
     let start = after.map_or(0, |a| items.partition_point(|(id, _)| id.as_str() <= a));
     let rest = &items[start.min(items.len())..];
     let chosen: Vec<(String, T)> = rest.iter().take(size).cloned().collect();
-    let after = (rest.len() > size).then(|| chosen.last().map(|(id, _)| id.clone())).flatten();
+    let after = (rest.len() > size)
+        .then(|| chosen.last().map(|(id, _)| id.clone()))
+        .flatten();
     Page {
         items: chosen.into_iter().map(|(_, t)| t).collect(),
         after,
@@ -108,7 +110,12 @@ impl DirectoryApi for DirectApi {
         Ok(lock(&self.store).group(group_id).map(group))
     }
 
-    async fn user_groups(&self, _d: &str, user_id: &str, budget: &CallBudget) -> Result<Option<Vec<DirGroup>>, ApiError> {
+    async fn user_groups(
+        &self,
+        _d: &str,
+        user_id: &str,
+        budget: &CallBudget,
+    ) -> Result<Option<Vec<DirGroup>>, ApiError> {
         self.call(budget)?;
         let s = lock(&self.store);
         if s.user(user_id).is_none() {

@@ -125,7 +125,7 @@ impl Default for SandboxConfig {
 
 /// State shared by the HTTP routes and the [`Sandbox`] handle.
 pub(crate) struct Shared {
-    pub api_key: String,
+    pub api_key: Mutex<String>,
     pub store: Arc<Mutex<Store>>,
     pub limiter: Mutex<RateLimiter>,
     pub key_limiter: Mutex<RateLimiter>,
@@ -164,7 +164,7 @@ impl Sandbox {
         let listener = tokio::net::TcpListener::bind(config.bind).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            api_key: config.api_key,
+            api_key: Mutex::new(config.api_key),
             store: config.store.unwrap_or_default(),
             limiter: Mutex::new(RateLimiter::new(config.rate_limit_per_sec, config.rate_window)),
             key_limiter: Mutex::new(RateLimiter::new(
@@ -204,8 +204,13 @@ impl Sandbox {
         self.addr
     }
 
-    pub fn api_key(&self) -> &str {
-        &self.shared.api_key
+    pub fn api_key(&self) -> String {
+        lock(&self.shared.api_key).clone()
+    }
+
+    /// Accept only this key from now on (a key rotation in the WorkOS dashboard).
+    pub fn set_api_key(&self, key: impl Into<String>) {
+        *lock(&self.shared.api_key) = key.into();
     }
 
     /// The served state, shared: mutate it directly (passing your own time) to script changes

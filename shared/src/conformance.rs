@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-
 use crate::clock::{EpochMillis, EpochSeconds};
 use crate::directory::UserState;
 use crate::model::{GroupRecord, Membership, UserRecord};
@@ -94,9 +93,7 @@ async fn fence_is_compare_and_set<S: StateStore>(s: &S, dir: &str) {
         pace_next: t(5),
         job: Some(Job {
             id: "r1".into(),
-            kind: JobKind::Group {
-                group_id: "g#1".into(),
-            },
+            kind: JobKind::Group { group_id: "g#1".into() },
             started_at: 77,
             phase: Phase::Members {
                 gpage: 1,
@@ -115,8 +112,16 @@ async fn fence_is_compare_and_set<S: StateStore>(s: &S, dir: &str) {
         }),
     };
     assert_eq!(s.put_fence(dir, &f, None).await.expect("create"), Some(1));
-    assert_eq!(s.put_fence(dir, &f, None).await.expect("create again"), None, "must not exist");
-    assert_eq!(s.put_fence(dir, &f, Some(7)).await.expect("stale"), None, "wrong version");
+    assert_eq!(
+        s.put_fence(dir, &f, None).await.expect("create again"),
+        None,
+        "must not exist"
+    );
+    assert_eq!(
+        s.put_fence(dir, &f, Some(7)).await.expect("stale"),
+        None,
+        "wrong version"
+    );
     let read = s.fence(dir).await.expect("read").expect("fence");
     assert_eq!(read.version, 1);
     assert_eq!(read.value, f, "the fence round-trips, job included");
@@ -230,7 +235,9 @@ async fn commits_are_atomic_and_fenced<S: StateStore>(s: &S, dir: &str) {
     // Empty commits are no-ops; oversized ones are refused.
     s.commit(dir, 12345, Vec::new()).await.expect("empty commit");
     let many: Vec<Write> = (0..=MAX_COMMIT)
-        .map(|i| Write::Alias { user_id: format!("x{i}") })
+        .map(|i| Write::Alias {
+            user_id: format!("x{i}"),
+        })
         .collect();
     assert!(matches!(s.commit(dir, v2, many).await, Err(CommitError::Store(_))));
 }
@@ -260,16 +267,21 @@ async fn records_round_trip_and_page<S: StateStore>(s: &S, dir: &str) {
         }
     }
     assert_eq!(seen, ids, "every user once, in id order");
-    let mut wanted: Vec<String> = vec!["u003".into(), "missing".into(), "u017".into()];
+    // Repeated ids are fine: each record comes back once.
+    let mut wanted: Vec<String> = vec!["u003".into(), "missing".into(), "u017".into(), "u003".into()];
     wanted.extend((0..120).map(|i| format!("nobody{i}")));
-    let got: BTreeSet<String> = s
+    let got: Vec<String> = s
         .users(dir, &wanted)
         .await
         .expect("batch")
         .into_iter()
         .map(|u| u.value.user_id)
         .collect();
-    assert_eq!(got, BTreeSet::from(["u003".to_string(), "u017".to_string()]));
+    assert_eq!(
+        got.iter().collect::<BTreeSet<_>>(),
+        BTreeSet::from([&"u003".to_string(), &"u017".to_string()])
+    );
+    assert_eq!(got.len(), 2, "each record once: {got:?}");
 }
 
 async fn index_lookups_and_aliases<S: StateStore>(s: &S, dir: &str, org: &str) {
@@ -340,7 +352,11 @@ async fn index_lookups_and_aliases<S: StateStore>(s: &S, dir: &str, org: &str) {
         vec![(dir.to_string(), "u1".to_string())]
     );
     assert!(s.lookups(org, LookupKind::Idp, "h1").await.expect("idp").is_empty());
-    assert!(s.lookups("org_other", LookupKind::Email, "h1").await.expect("other org").is_empty());
+    assert!(s
+        .lookups("org_other", LookupKind::Email, "h1")
+        .await
+        .expect("other org")
+        .is_empty());
     assert_eq!(s.alias("u1").await.expect("alias"), Some(dir.to_string()));
     assert_eq!(s.alias("u2").await.expect("alias"), None);
 }
@@ -456,7 +472,9 @@ async fn control_record<S: StateStore>(s: &S, dir: &str) {
         .await
         .expect("org");
     s.change_ctl(dir, &CtlChange::Deleted(t(300))).await.expect("deleted");
-    s.change_ctl(dir, &CtlChange::Deleted(t(400))).await.expect("deleted again");
+    s.change_ctl(dir, &CtlChange::Deleted(t(400)))
+        .await
+        .expect("deleted again");
     let run = RunSummary {
         id: "r9".into(),
         kind: "reconcile".into(),
@@ -493,7 +511,10 @@ async fn seen_pages<S: StateStore>(s: &S, dir: &str) {
     s.put_seen(dir, run, "users", 1, &p1).await.expect("p1");
     s.put_seen(dir, run, "users", 0, &p0).await.expect("p0");
     s.put_seen(dir, run, "users2", 0, &p1).await.expect("other container");
-    assert_eq!(s.seen(dir, run, "users").await.expect("seen"), vec![p0.clone(), p1.clone()]);
+    assert_eq!(
+        s.seen(dir, run, "users").await.expect("seen"),
+        vec![p0.clone(), p1.clone()]
+    );
     assert_eq!(s.seen_page(dir, run, "users", 1).await.expect("page"), Some(p1));
     assert_eq!(s.seen_page(dir, run, "users", 2).await.expect("page"), None);
     assert!(s.seen(dir, "r2", "users").await.expect("other run").is_empty());
@@ -501,7 +522,9 @@ async fn seen_pages<S: StateStore>(s: &S, dir: &str) {
 
 async fn purge<S: StateStore>(s: &S, dir: &str, org: &str) {
     let v = fresh_fence(s, dir).await;
-    s.change_ctl(dir, &CtlChange::Organization(org.into())).await.expect("org");
+    s.change_ctl(dir, &CtlChange::Organization(org.into()))
+        .await
+        .expect("org");
     for i in 0..30 {
         let mut u = user(&format!("u{i}"));
         u.email_hash = Some(format!("h{i}"));
@@ -509,7 +532,10 @@ async fn purge<S: StateStore>(s: &S, dir: &str, org: &str) {
             dir,
             v,
             vec![
-                Write::User { record: u, expect: None },
+                Write::User {
+                    record: u,
+                    expect: None,
+                },
                 Write::Member {
                     group_id: "g1".into(),
                     user_id: format!("u{i}"),
@@ -542,10 +568,22 @@ async fn purge<S: StateStore>(s: &S, dir: &str, org: &str) {
         }
     }
     assert!(s.users_page(dir, None, 10).await.expect("users").items.is_empty());
-    assert!(s.members_page(dir, "g1", None, 10).await.expect("members").items.is_empty());
-    assert!(s.lookups(org, LookupKind::Email, "h3").await.expect("lookup").is_empty());
+    assert!(s
+        .members_page(dir, "g1", None, 10)
+        .await
+        .expect("members")
+        .items
+        .is_empty());
+    assert!(s
+        .lookups(org, LookupKind::Email, "h3")
+        .await
+        .expect("lookup")
+        .is_empty());
     assert_eq!(s.alias("u3").await.expect("alias"), None);
-    assert!(s.fence(dir).await.expect("fence").is_some(), "the fence survives a purge");
+    assert!(
+        s.fence(dir).await.expect("fence").is_some(),
+        "the fence survives a purge"
+    );
     assert_eq!(
         s.ctl(dir).await.expect("ctl").organization_id.as_deref(),
         Some(org),
@@ -571,7 +609,10 @@ pub async fn claim_store<C: ClaimStore>(claims: C, ns: &str) {
     let id2: &'static str = Box::leak(format!("{ns}-e2").into_boxed_str());
     let id3: &'static str = Box::leak(format!("{ns}-e3").into_boxed_str());
     let lease = now.saturating_add(std::time::Duration::from_secs(60));
-    assert_eq!(claims.claim(&req(id1, "a", now, lease)).await.expect("claim"), ClaimResult::Acquired);
+    assert_eq!(
+        claims.claim(&req(id1, "a", now, lease)).await.expect("claim"),
+        ClaimResult::Acquired
+    );
     assert_eq!(
         claims.claim(&req(id1, "b", now, lease)).await.expect("claim"),
         ClaimResult::HeldElsewhere { lease_until: lease }
@@ -594,7 +635,10 @@ pub async fn claim_store<C: ClaimStore>(claims: C, ns: &str) {
     ));
     // A lapsed lease can be taken over; a release by another token does nothing.
     let short = now.saturating_add(std::time::Duration::from_millis(10));
-    assert_eq!(claims.claim(&req(id2, "a", now, short)).await.expect("claim"), ClaimResult::Acquired);
+    assert_eq!(
+        claims.claim(&req(id2, "a", now, short)).await.expect("claim"),
+        ClaimResult::Acquired
+    );
     let later = now.saturating_add(std::time::Duration::from_secs(1));
     claims.release(id2, "zzz").await.expect("release other");
     assert_eq!(
@@ -602,19 +646,31 @@ pub async fn claim_store<C: ClaimStore>(claims: C, ns: &str) {
         ClaimResult::Acquired
     );
     claims.release(id2, "b").await.expect("release own");
-    assert_eq!(claims.claim(&req(id2, "c", later, lease)).await.expect("after release"), ClaimResult::Acquired);
+    assert_eq!(
+        claims.claim(&req(id2, "c", later, lease)).await.expect("after release"),
+        ClaimResult::Acquired
+    );
     // An expired record (past `expires_at`) counts as absent.
     let mut old = req(id3, "a", now, lease);
     old.expires_at = EpochSeconds(now.to_seconds().0 - 1);
     assert_eq!(claims.claim(&old).await.expect("claim"), ClaimResult::Acquired);
     assert_eq!(
-        claims.claim(&req(id3, "b", now, lease)).await.expect("claim after expiry"),
+        claims
+            .claim(&req(id3, "b", now, lease))
+            .await
+            .expect("claim after expiry"),
         ClaimResult::Acquired
     );
     // Invalid messages are recorded once.
     let key = format!("invalid#{ns}");
-    claims.record_invalid(&key, "not json", now, far).await.expect("invalid");
-    claims.record_invalid(&key, "not json", now, far).await.expect("invalid again");
+    claims
+        .record_invalid(&key, "not json", now, far)
+        .await
+        .expect("invalid");
+    claims
+        .record_invalid(&key, "not json", now, far)
+        .await
+        .expect("invalid again");
 }
 
 #[cfg(test)]

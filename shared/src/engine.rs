@@ -33,9 +33,6 @@ use crate::ports::state::*;
 use crate::ports::StoreError;
 use crate::rules::{Rules, Tenant};
 
-/// How long a directory waits before retrying its work after a failed chunk.
-pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
-
 /// How the engine behaves.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -60,6 +57,8 @@ pub struct EngineConfig {
     pub checkpoint_every: u32,
     /// Records per stored page read by sweeps.
     pub sweep_page: usize,
+    /// How long a directory's work waits after a failed chunk (WorkOS down, say).
+    pub retry_after_failure: Duration,
 }
 
 impl Default for EngineConfig {
@@ -76,6 +75,7 @@ impl Default for EngineConfig {
             reconcile_threshold: 5,
             checkpoint_every: 10,
             sweep_page: 200,
+            retry_after_failure: Duration::from_secs(30),
         }
     }
 }
@@ -93,6 +93,16 @@ pub enum Request {
     Purge,
 }
 
+/// When the events that asked for a [`Engine::run`] came to exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Asked {
+    /// The latest `created_at + skip_margin` among them: a full read begun after it reflects
+    /// all of them by clock (so a burst can wait for one read).
+    pub hint: Option<EpochMillis>,
+    /// When the latest of them was queued: a read begun after it reflects all of them.
+    pub received: Option<EpochMillis>,
+}
+
 /// What one call to [`Engine::run`] came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ran {
@@ -104,6 +114,9 @@ pub enum Ran {
     Deleted,
     /// Nothing was asked and nothing is pending.
     Idle,
+    /// The chunk failed part-way (WorkOS unavailable, the lease lost, ...); what it finished is
+    /// kept, the rest is handed back and a continuation is queued.
+    Failed { error: String, report: ChunkReport },
 }
 
 /// What a chunk did and spent (its WorkOS calls are counted here once, however many events it
@@ -197,12 +210,32 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Engine<A, S, Q, K> 
         &self,
         dir: &str,
         requests: &[Request],
-        hint: Option<EpochMillis>,
+        asked: &Asked,
         deadline: EpochMillis,
     ) -> Result<Ran, EngineError> {
+        let hint = asked.hint;
         let now = self.clock.now();
         let chunk_end = now.saturating_add(self.cfg.chunk).min(deadline);
         let fence = self.store.fence(dir).await?;
+        // Requests queued before the running job began are reflected by it when it ends (a
+        // reconcile reflects every object, a group job its group): no need to read them again.
+        let running = fence.as_ref().and_then(|f| f.value.job.as_ref());
+        let kept: Vec<Request>;
+        let requests = match (running, asked.received) {
+            (Some(job), Some(received)) if received < EpochMillis(job.started_at) => {
+                kept = requests
+                    .iter()
+                    .filter(|r| match (&job.kind, r) {
+                        (JobKind::Reconcile, Request::User(_) | Request::Group(_)) => false,
+                        (JobKind::Group { group_id }, Request::Group(g)) => g != group_id,
+                        _ => true,
+                    })
+                    .cloned()
+                    .collect();
+                kept.as_slice()
+            }
+            _ => requests,
+        };
         if let Some(f) = &fence {
             if f.value.deleted_at.is_some() && f.value.job.is_none() {
                 return Ok(Ran::Deleted);
@@ -258,6 +291,7 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Engine<A, S, Q, K> 
             seen_cache: None,
             deleted_now: false,
             meter: meter.clone(),
+            started: now,
             job_chunk_counted: false,
             groups_loaded: false,
             propagating: BTreeSet::new(),
@@ -281,9 +315,17 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Engine<A, S, Q, K> 
             job = chunk.fence.job.as_ref().map(|j| j.id.as_str()).unwrap_or(""),
             "chunk done"
         );
-        result?;
         outcome?;
-        Ok(Ran::Worked(report))
+        match result {
+            Ok(()) => Ok(Ran::Worked(report)),
+            Err(e) => {
+                tracing::warn!(directory_id = %dir, chunk = %id, error = %e, "chunk failed; its work continues later");
+                Ok(Ran::Failed {
+                    error: e.to_string(),
+                    report,
+                })
+            }
+        }
     }
 
     /// Hand requests to the lease holder through the control record.
@@ -356,6 +398,7 @@ struct Chunk<'e, A, S, Q, K> {
     seen_cache: Option<SeenSet>,
     deleted_now: bool,
     meter: Arc<Meter>,
+    started: EpochMillis,
     job_chunk_counted: bool,
     groups_loaded: bool,
     /// Groups whose change is still being carried to their members (mirrors the control record).
@@ -382,7 +425,9 @@ struct Loaded {
 
 impl Loaded {
     fn new(before: Option<Versioned<UserRecord>>, uid: &str) -> Self {
-        let rec = before.as_ref().map_or_else(|| UserRecord::new(uid), |v| v.value.clone());
+        let rec = before
+            .as_ref()
+            .map_or_else(|| UserRecord::new(uid), |v| v.value.clone());
         Loaded { before, rec }
     }
     fn changed(&self) -> bool {
@@ -395,8 +440,15 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
         self.e.clock.now()
     }
 
+    /// Is there time for another step? (A chunk shorter than a few step reserves still gets
+    /// a quarter of itself for each step, so a short invocation does something.)
     fn time_left(&self) -> bool {
-        self.now().saturating_add(self.e.cfg.step_reserve) < self.chunk_end
+        let reserve = self
+            .e
+            .cfg
+            .step_reserve
+            .min(self.chunk_end.remaining_from(self.started) / 4);
+        self.now().saturating_add(reserve) < self.chunk_end
     }
 
     async fn work(&mut self, requests: &[Request]) -> Result<(), EngineError> {
@@ -439,7 +491,12 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
                 self.read_directory().await?;
                 continue;
             }
-            if !self.groups_loaded && (!self.users.is_empty() || self.fence.job.is_some() || !self.pending_groups.is_empty() || self.full.is_some()) {
+            if !self.groups_loaded
+                && (!self.users.is_empty()
+                    || self.fence.job.is_some()
+                    || !self.pending_groups.is_empty()
+                    || self.full.is_some())
+            {
                 self.groups = self
                     .store
                     .groups(&self.dir)
@@ -476,7 +533,9 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
                 if now >= f.after || now >= f.first.saturating_add(self.e.cfg.debounce_max) {
                     self.full = None;
                     self.start_job(JobKind::Reconcile).await?;
-                    self.store.change_ctl(&self.dir, &CtlChange::ClearFull { upto: now }).await?;
+                    self.store
+                        .change_ctl(&self.dir, &CtlChange::ClearFull { upto: now })
+                        .await?;
                     // A run that begins now reflects every group event received before it.
                     let covered: Vec<String> = std::mem::take(&mut self.pending_groups).into_iter().collect();
                     self.store.drain(&self.dir, &[], &covered).await?;
@@ -559,7 +618,11 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
         };
         if let Some(d) = delay {
             // After a failure (WorkOS down, say), come back later rather than at once.
-            let d = if worked { d } else { d.max(RETRY_AFTER_FAILURE) };
+            let d = if worked {
+                d
+            } else {
+                d.max(self.e.cfg.retry_after_failure)
+            };
             self.e
                 .queue
                 .continue_later(&self.dir, d.min(Duration::from_secs(900)))
@@ -601,7 +664,10 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
             if unit.len() > MAX_COMMIT {
                 self.commit(std::mem::take(&mut batch)).await?;
                 let (first, rest): (Vec<Write>, Vec<Write>) = unit.into_iter().partition(|w| {
-                    matches!(w, Write::Member { present: true, .. } | Write::Lookup { present: true, .. })
+                    matches!(
+                        w,
+                        Write::Member { present: true, .. } | Write::Lookup { present: true, .. }
+                    )
                 });
                 for c in first.chunks(MAX_COMMIT) {
                     self.commit(c.to_vec()).await?;
@@ -665,7 +731,11 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
         }
         if let Some(org) = &self.tenant_org {
             for (kind, new, oldh) in [
-                (LookupKind::Email, &l.rec.email_hash, old.and_then(|o| o.email_hash.as_ref())),
+                (
+                    LookupKind::Email,
+                    &l.rec.email_hash,
+                    old.and_then(|o| o.email_hash.as_ref()),
+                ),
                 (LookupKind::Idp, &l.rec.idp_hash, old.and_then(|o| o.idp_hash.as_ref())),
             ] {
                 if new.as_ref() != oldh {
@@ -699,7 +769,11 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
         }
         if let Some(org) = &self.tenant_org {
             for (kind, new, oldh) in [
-                (LookupKind::Email, &l.rec.email_hash, old.and_then(|o| o.email_hash.as_ref())),
+                (
+                    LookupKind::Email,
+                    &l.rec.email_hash,
+                    old.and_then(|o| o.email_hash.as_ref()),
+                ),
                 (LookupKind::Idp, &l.rec.idp_hash, old.and_then(|o| o.idp_hash.as_ref())),
             ] {
                 if new.as_ref() != oldh {
@@ -878,7 +952,11 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
                 self.pending_groups.insert(g.id.clone());
             }
         }
-        let mut l = self.load_users(&[uid.to_string()]).await?.pop().unwrap_or_else(|| Loaded::new(None, uid));
+        let mut l = self
+            .load_users(&[uid.to_string()])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Loaded::new(None, uid));
         match (&fetched, &groups) {
             (Some(u), Some(_)) => {
                 l.rec.observe_state(&u.state, read_at);
@@ -925,7 +1003,9 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
                     started: self.now().0,
                 })
             }
-            (_, Phase::Groups { after, page, started }) => self.groups_step(&job, after.clone(), *page, *started).await?,
+            (_, Phase::Groups { after, page, started }) => {
+                self.groups_step(&job, after.clone(), *page, *started).await?
+            }
             (_, Phase::Users { after, page, started }) => self.users_step(&job, after.clone(), *page, *started).await?,
             (
                 _,
@@ -1007,7 +1087,12 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
         started: u64,
     ) -> Result<Option<Phase>, EngineError> {
         let t = self.now();
-        let Some(p) = self.e.api.groups_page(&self.dir, after.as_deref(), &self.budget).await? else {
+        let Some(p) = self
+            .e
+            .api
+            .groups_page(&self.dir, after.as_deref(), &self.budget)
+            .await?
+        else {
             self.tombstone().await?;
             return Ok(None);
         };
@@ -1044,7 +1129,12 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
     }
 
     /// Apply one listed page of users (a directory's, or a group's members) to stored records.
-    async fn apply_users(&mut self, users: &[DirUser], t: EpochMillis, member_of: Option<&str>) -> Result<(), EngineError> {
+    async fn apply_users(
+        &mut self,
+        users: &[DirUser],
+        t: EpochMillis,
+        member_of: Option<&str>,
+    ) -> Result<(), EngineError> {
         let ids: Vec<String> = users.iter().map(|u| u.id.clone()).collect();
         let mut loaded = self.load_users(&ids).await?;
         let mut units = Vec::new();
@@ -1313,8 +1403,7 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
             (
                 seen.started,
                 seen.complete,
-                page
-                    .items
+                page.items
                     .iter()
                     .map(|u| !seen.hashes.contains(&fingerprint(salt.as_bytes(), &u.value.user_id)))
                     .collect(),
@@ -1619,7 +1708,9 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
             stats,
         };
         if job.kind == JobKind::Reconcile {
-            self.store.change_ctl(&self.dir, &CtlChange::LastRun(summary.clone())).await?;
+            self.store
+                .change_ctl(&self.dir, &CtlChange::LastRun(summary.clone()))
+                .await?;
             self.store.put_run(&self.dir, &summary).await?;
         }
         tracing::info!(

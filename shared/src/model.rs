@@ -361,7 +361,10 @@ mod tests {
             received: Some(T(101_000)),
         };
         assert!(!e.reflected_by(None, m));
-        assert!(!e.reflected_by(Some(T(101_000)), m), "began as it was queued: not after");
+        assert!(
+            !e.reflected_by(Some(T(101_000)), m),
+            "began as it was queued: not after"
+        );
         assert!(e.reflected_by(Some(T(101_001)), m));
         let undated = Asked {
             created: Some(T(100_000)),
@@ -379,7 +382,11 @@ mod tests {
     #[test]
     fn group_names_are_fenced_and_changes_noticed() {
         let mut g = GroupRecord::new("g");
-        assert_eq!(g.observe(Some("A"), T(10)), (true, false), "first sight is not a change");
+        assert_eq!(
+            g.observe(Some("A"), T(10)),
+            (true, false),
+            "first sight is not a change"
+        );
         assert_eq!(g.observe(Some("B"), T(20)), (true, true));
         assert_eq!(g.observe(Some("C"), T(15)), (false, false));
         assert_eq!(g.observe(None, T(30)), (true, true));

@@ -85,7 +85,9 @@ fn nonempty(s: Option<String>) -> Option<String> {
 pub enum Message {
     Event(Event),
     /// Continue a directory's work (sent by the lease holder that stopped).
-    Continue { directory_id: String },
+    Continue {
+        directory_id: String,
+    },
     /// Reconcile a directory (an operator, the scheduler).
     Request {
         directory_id: String,
@@ -103,7 +105,8 @@ struct Own {
 /// Parse any queued body.
 pub fn parse_message(body: &str) -> Result<Message, PlanError> {
     if let Ok(own) = serde_json::from_str::<Own>(body) {
-        let dir = || nonempty(own.directory_id.clone()).ok_or_else(|| PlanError::MissingId(own.object.clone(), "directory"));
+        let dir =
+            || nonempty(own.directory_id.clone()).ok_or_else(|| PlanError::MissingId(own.object.clone(), "directory"));
         match own.object.as_str() {
             crate::ports::queue::CONTINUATION => return Ok(Message::Continue { directory_id: dir()? }),
             crate::ports::queue::REQUEST => {
@@ -274,7 +277,9 @@ mod tests {
             Err(PlanError::MissingId(_, "directory"))
         ));
         assert!(matches!(
-            parse_message(r#"{"object":"event","id":"e","event":"dsync.deleted","data":{"object":"directory","id":"d"}}"#),
+            parse_message(
+                r#"{"object":"event","id":"e","event":"dsync.deleted","data":{"object":"directory","id":"d"}}"#
+            ),
             Ok(Message::Event(_))
         ));
     }

@@ -231,10 +231,9 @@ mod tests {
 
     #[test]
     fn a_name_rule_grants_only_in_its_organization() {
-        let rules = Rules::parse(
-            r#"{"organizations":{"org_acme":{"by_group_name":{"Platform Admins":["admin-console"]}}}}"#,
-        )
-        .expect("rules");
+        let rules =
+            Rules::parse(r#"{"organizations":{"org_acme":{"by_group_name":{"Platform Admins":["admin-console"]}}}}"#)
+                .expect("rules");
         assert_eq!(
             rules.entitlements(ACME, &UserState::Active, [g("directory_group_a", "Platform Admins")]),
             set(&["admin-console"])
@@ -278,8 +277,8 @@ mod tests {
 
     #[test]
     fn names_match_exactly() {
-        let rules =
-            Rules::parse(r#"{"organizations":{"org_acme":{"by_group_name":{"Platform Admins":["x"]}}}}"#).expect("rules");
+        let rules = Rules::parse(r#"{"organizations":{"org_acme":{"by_group_name":{"Platform Admins":["x"]}}}}"#)
+            .expect("rules");
         assert!(rules
             .entitlements(ACME, &UserState::Active, [g("directory_group_a", "platform admins")])
             .is_empty());

@@ -140,12 +140,7 @@ impl<S: StateStore> EntitlementReader<S> {
         if ctl.deleted_at.is_some() {
             return Ok(Lookup::NotFound);
         }
-        let Some(u) = self
-            .store
-            .users(directory_id, &[user_id.to_string()])
-            .await?
-            .pop()
-        else {
+        let Some(u) = self.store.users(directory_id, &[user_id.to_string()]).await?.pop() else {
             return Ok(Lookup::NotFound);
         };
         if u.value.state == Some(UserState::Deleted) {
@@ -164,7 +159,8 @@ impl<S: StateStore> EntitlementReader<S> {
 
     /// A user by organization and e-mail address (as the SSO profile gives it).
     pub async fn user_by_email(&self, organization_id: &str, email: &str) -> Result<Lookup, StoreError> {
-        self.by_hash(organization_id, LookupKind::Email, &email_hash(email)).await
+        self.by_hash(organization_id, LookupKind::Email, &email_hash(email))
+            .await
     }
 
     /// A user by organization and the IdP's id for it (the SSO profile's `idp_id`).

@@ -312,6 +312,66 @@ pub mod stack {
         pub fn processor_with<A: DirectoryApi>(&self, api: A, config: ProcessorConfig) -> RealProcessor<A> {
             Processor::new(api, self.claims(), self.state(), self.work_queue(), SystemClock, config)
         }
+
+        /// A processor whose continuations and deferrals go to `queue_url` (the queue a test polls).
+        pub fn processor_on(&self, queue_url: &str, config: ProcessorConfig) -> RealProcessor {
+            Processor::new(
+                self.workos(),
+                self.claims(),
+                self.state(),
+                SqsWorkQueue::new(self.sqs.clone(), queue_url),
+                SystemClock,
+                config,
+            )
+        }
+
+        /// Names of the groups a stored user is a member of (as last read), sorted.
+        pub async fn group_names(&self, dir: &str, uid: &str) -> Vec<String> {
+            let user = self.user(dir, uid).await;
+            let groups = self.state().groups(dir).await.expect("groups");
+            let mut names: Vec<String> = user
+                .member_of()
+                .filter_map(|g| {
+                    groups
+                        .iter()
+                        .find(|x| x.value.group_id == g)
+                        .and_then(|x| x.value.name.clone())
+                })
+                .collect();
+            names.sort();
+            names
+        }
+    }
+
+    /// Run a directory's full reconcile to the end, chunk after chunk (what the continuation
+    /// messages do in production).
+    pub async fn reconcile<A: DirectoryApi>(p: &RealProcessor<A>, dir: &str) {
+        use dsync::engine::Request;
+        let now = || dsync::clock::Clock::now(&SystemClock);
+        let deadline = || now().saturating_add(std::time::Duration::from_secs(60));
+        p.engine()
+            .run(dir, &[Request::Full { after: now() }], &Default::default(), deadline())
+            .await
+            .expect("reconcile");
+        for _ in 0..200 {
+            let fence = p.state().fence(dir).await.expect("fence");
+            if fence.as_ref().is_none_or(|f| f.value.job.is_none()) {
+                let ctl = p.state().ctl(dir).await.expect("ctl");
+                if ctl.full_applied_at.is_some() && ctl.full.is_none() {
+                    return;
+                }
+            }
+            p.engine()
+                .run(dir, &[], &Default::default(), deadline())
+                .await
+                .expect("reconcile");
+        }
+        panic!("the reconcile of {dir} did not finish");
+    }
+
+    /// The entitlements of a stored user, as a sorted list.
+    pub fn ents(u: &UserRecord) -> Vec<&str> {
+        u.entitlements.iter().map(String::as_str).collect()
     }
 
     /// Processor settings with these rules (JSON) and the defaults otherwise.

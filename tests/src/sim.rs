@@ -44,6 +44,8 @@ pub struct Plan {
     crashed: AtomicBool,
     /// Instead of dying at the countdown, stall this long.
     stall: Option<Duration>,
+    /// Count only calls of this port method (e.g. `commit`); all of them when `None`.
+    only: Option<&'static str>,
     stalled_until: Mutex<Option<EpochMillis>>,
     clock: ManualClock,
     latency_ms: u64,
@@ -66,9 +68,24 @@ impl Plan {
             after,
             crashed: AtomicBool::new(false),
             stall,
+            only: None,
             stalled_until: Mutex::new(None),
             clock,
             latency_ms,
+        })
+    }
+
+    /// Die at the `n`-th call of `method` only (after it lands when `after`).
+    pub fn on_call(clock: ManualClock, method: &'static str, n: i64, after: bool) -> Arc<Plan> {
+        Arc::new(Plan {
+            countdown: AtomicI64::new(n),
+            after,
+            crashed: AtomicBool::new(false),
+            stall: None,
+            only: Some(method),
+            stalled_until: Mutex::new(None),
+            clock,
+            latency_ms: 0,
         })
     }
 
@@ -82,9 +99,12 @@ impl Plan {
     }
 
     /// One port call: yield once (another invocation may run), take some time, maybe die.
-    async fn point<T, F: Future<Output = T>>(&self, call: F) -> T {
+    async fn point<T, F: Future<Output = T>>(&self, method: &'static str, call: F) -> T {
         YieldOnce(false).await;
         self.clock.advance(Duration::from_millis(self.latency_ms));
+        if self.only.is_some_and(|m| m != method) {
+            return call.await;
+        }
         let left = self.countdown.fetch_sub(1, Ordering::SeqCst);
         if left == 1 {
             if let Some(d) = self.stall {
@@ -156,70 +176,91 @@ impl<S: StateStore> StateStore for Crashy<S> {
         }
     }
     async fn users(&self, dir: &str, ids: &[String]) -> Result<Vec<Versioned<UserRecord>>, StoreError> {
-        self.plan.point(self.inner.users(dir, ids)).await
+        self.plan.point("users", self.inner.users(dir, ids)).await
     }
-    async fn users_page(&self, dir: &str, after: Option<&str>, limit: usize) -> Result<Stored<Versioned<UserRecord>>, StoreError> {
-        self.plan.point(self.inner.users_page(dir, after, limit)).await
+    async fn users_page(
+        &self,
+        dir: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Stored<Versioned<UserRecord>>, StoreError> {
+        self.plan
+            .point("users_page", self.inner.users_page(dir, after, limit))
+            .await
     }
     async fn groups(&self, dir: &str) -> Result<Vec<Versioned<GroupRecord>>, StoreError> {
-        self.plan.point(self.inner.groups(dir)).await
+        self.plan.point("groups", self.inner.groups(dir)).await
     }
-    async fn members_page(&self, dir: &str, g: &str, after: Option<&str>, limit: usize) -> Result<Stored<String>, StoreError> {
-        self.plan.point(self.inner.members_page(dir, g, after, limit)).await
+    async fn members_page(
+        &self,
+        dir: &str,
+        g: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Stored<String>, StoreError> {
+        self.plan
+            .point("members_page", self.inner.members_page(dir, g, after, limit))
+            .await
     }
     async fn commit(&self, dir: &str, v: u64, writes: Vec<Write>) -> Result<(), CommitError> {
-        self.plan.point(self.inner.commit(dir, v, writes)).await
+        self.plan.point("commit", self.inner.commit(dir, v, writes)).await
     }
     async fn fence(&self, dir: &str) -> Result<Option<Versioned<Fence>>, StoreError> {
-        self.plan.point(self.inner.fence(dir)).await
+        self.plan.point("fence", self.inner.fence(dir)).await
     }
     async fn put_fence(&self, dir: &str, f: &Fence, expect: Option<u64>) -> Result<Option<u64>, StoreError> {
-        self.plan.point(self.inner.put_fence(dir, f, expect)).await
+        self.plan.point("put_fence", self.inner.put_fence(dir, f, expect)).await
     }
     async fn ctl(&self, dir: &str) -> Result<Ctl, StoreError> {
-        self.plan.point(self.inner.ctl(dir)).await
+        self.plan.point("ctl", self.inner.ctl(dir)).await
     }
     async fn absorb(&self, dir: &str, a: &Absorb) -> Result<(), StoreError> {
-        self.plan.point(self.inner.absorb(dir, a)).await
+        self.plan.point("absorb", self.inner.absorb(dir, a)).await
     }
     async fn drain(&self, dir: &str, u: &[String], g: &[String]) -> Result<(), StoreError> {
-        self.plan.point(self.inner.drain(dir, u, g)).await
+        self.plan.point("drain", self.inner.drain(dir, u, g)).await
     }
     async fn change_ctl(&self, dir: &str, c: &CtlChange) -> Result<(), StoreError> {
-        self.plan.point(self.inner.change_ctl(dir, c)).await
+        self.plan.point("change_ctl", self.inner.change_ctl(dir, c)).await
     }
     async fn put_seen(&self, dir: &str, run: &str, c: &str, page: u32, seen: &SeenPage) -> Result<(), StoreError> {
-        self.plan.point(self.inner.put_seen(dir, run, c, page, seen)).await
+        self.plan
+            .point("put_seen", self.inner.put_seen(dir, run, c, page, seen))
+            .await
     }
     async fn seen(&self, dir: &str, run: &str, c: &str) -> Result<Vec<SeenPage>, StoreError> {
-        self.plan.point(self.inner.seen(dir, run, c)).await
+        self.plan.point("seen", self.inner.seen(dir, run, c)).await
     }
     async fn seen_page(&self, dir: &str, run: &str, c: &str, page: u32) -> Result<Option<SeenPage>, StoreError> {
-        self.plan.point(self.inner.seen_page(dir, run, c, page)).await
+        self.plan
+            .point("seen_page", self.inner.seen_page(dir, run, c, page))
+            .await
     }
     async fn alias(&self, u: &str) -> Result<Option<String>, StoreError> {
-        self.plan.point(self.inner.alias(u)).await
+        self.plan.point("alias", self.inner.alias(u)).await
     }
     async fn lookups(&self, org: &str, kind: LookupKind, hash: &str) -> Result<Vec<(String, String)>, StoreError> {
-        self.plan.point(self.inner.lookups(org, kind, hash)).await
+        self.plan.point("lookups", self.inner.lookups(org, kind, hash)).await
     }
     async fn purge_page(&self, dir: &str, after: Option<&str>, limit: usize) -> Result<Purged, StoreError> {
-        self.plan.point(self.inner.purge_page(dir, after, limit)).await
+        self.plan
+            .point("purge_page", self.inner.purge_page(dir, after, limit))
+            .await
     }
     async fn put_run(&self, dir: &str, run: &RunSummary) -> Result<(), StoreError> {
-        self.plan.point(self.inner.put_run(dir, run)).await
+        self.plan.point("put_run", self.inner.put_run(dir, run)).await
     }
 }
 
 impl<C: ClaimStore> ClaimStore for Crashy<C> {
     async fn claim(&self, r: &ClaimRequest<'_>) -> Result<ClaimResult, StoreError> {
-        self.plan.point(self.inner.claim(r)).await
+        self.plan.point("claim", self.inner.claim(r)).await
     }
     async fn complete(&self, c: &Completion<'_>) -> Result<bool, StoreError> {
-        self.plan.point(self.inner.complete(c)).await
+        self.plan.point("complete", self.inner.complete(c)).await
     }
     async fn release(&self, id: &str, token: &str) -> Result<(), StoreError> {
-        self.plan.point(self.inner.release(id, token)).await
+        self.plan.point("release", self.inner.release(id, token)).await
     }
     async fn record_invalid(
         &self,
@@ -228,22 +269,24 @@ impl<C: ClaimStore> ClaimStore for Crashy<C> {
         now: EpochMillis,
         exp: dsync::clock::EpochSeconds,
     ) -> Result<(), StoreError> {
-        self.plan.point(self.inner.record_invalid(key, reason, now, exp)).await
+        self.plan
+            .point("record_invalid", self.inner.record_invalid(key, reason, now, exp))
+            .await
     }
 }
 
 impl<A: DirectoryApi> DirectoryApi for Crashy<A> {
     async fn get_directory(&self, d: &str, b: &CallBudget) -> Result<Option<DirInfo>, ApiError> {
-        self.plan.point(self.inner.get_directory(d, b)).await
+        self.plan.point("get_directory", self.inner.get_directory(d, b)).await
     }
     async fn get_user(&self, d: &str, u: &str, b: &CallBudget) -> Result<Option<DirUser>, ApiError> {
-        self.plan.point(self.inner.get_user(d, u, b)).await
+        self.plan.point("get_user", self.inner.get_user(d, u, b)).await
     }
     async fn get_group(&self, d: &str, g: &str, b: &CallBudget) -> Result<Option<DirGroup>, ApiError> {
-        self.plan.point(self.inner.get_group(d, g, b)).await
+        self.plan.point("get_group", self.inner.get_group(d, g, b)).await
     }
     async fn user_groups(&self, d: &str, u: &str, b: &CallBudget) -> Result<Option<Vec<DirGroup>>, ApiError> {
-        self.plan.point(self.inner.user_groups(d, u, b)).await
+        self.plan.point("user_groups", self.inner.user_groups(d, u, b)).await
     }
     async fn users_page(
         &self,
@@ -252,10 +295,10 @@ impl<A: DirectoryApi> DirectoryApi for Crashy<A> {
         a: Option<&str>,
         b: &CallBudget,
     ) -> Result<Option<Page<DirUser>>, ApiError> {
-        self.plan.point(self.inner.users_page(d, l, a, b)).await
+        self.plan.point("users_page", self.inner.users_page(d, l, a, b)).await
     }
     async fn groups_page(&self, d: &str, a: Option<&str>, b: &CallBudget) -> Result<Option<Page<DirGroup>>, ApiError> {
-        self.plan.point(self.inner.groups_page(d, a, b)).await
+        self.plan.point("groups_page", self.inner.groups_page(d, a, b)).await
     }
     fn pace_next(&self, d: &str) -> Option<EpochMillis> {
         self.inner.pace_next(d)
@@ -267,10 +310,12 @@ impl<A: DirectoryApi> DirectoryApi for Crashy<A> {
 
 impl<Q: WorkQueue> WorkQueue for Crashy<Q> {
     async fn continue_later(&self, d: &str, delay: Duration) -> Result<(), WorkQueueError> {
-        self.plan.point(self.inner.continue_later(d, delay)).await
+        self.plan
+            .point("continue_later", self.inner.continue_later(d, delay))
+            .await
     }
     async fn defer(&self, r: &str, delay: Duration) -> Result<(), WorkQueueError> {
-        self.plan.point(self.inner.defer(r, delay)).await
+        self.plan.point("defer", self.inner.defer(r, delay)).await
     }
 }
 
@@ -405,23 +450,55 @@ impl History {
 /// One step of a script. Indices pick among what exists when the step runs.
 #[derive(Debug, Clone)]
 pub enum Op {
-    CreateUser { dir: u8 },
-    UpdateUser { user: u8 },
-    Deactivate { user: u8 },
-    Reactivate { user: u8 },
-    DeleteUser { user: u8 },
-    CreateGroup { dir: u8, name: u8 },
-    RenameGroup { group: u8, name: u8 },
-    DeleteGroup { group: u8 },
-    AddMember { user: u8, group: u8 },
-    RemoveMember { user: u8, group: u8 },
-    DeleteDirectory { dir: u8 },
+    CreateUser {
+        dir: u8,
+    },
+    UpdateUser {
+        user: u8,
+    },
+    Deactivate {
+        user: u8,
+    },
+    Reactivate {
+        user: u8,
+    },
+    DeleteUser {
+        user: u8,
+    },
+    CreateGroup {
+        dir: u8,
+        name: u8,
+    },
+    RenameGroup {
+        group: u8,
+        name: u8,
+    },
+    DeleteGroup {
+        group: u8,
+    },
+    AddMember {
+        user: u8,
+        group: u8,
+    },
+    RemoveMember {
+        user: u8,
+        group: u8,
+    },
+    DeleteDirectory {
+        dir: u8,
+    },
     /// An operator (or the scheduler) asks for a reconcile.
-    Reconcile { dir: u8 },
+    Reconcile {
+        dir: u8,
+    },
     /// Let the workers run this many ticks.
-    Work { ticks: u8 },
+    Work {
+        ticks: u8,
+    },
     /// Move the clock (lets leases and delays run out).
-    Sleep { secs: u8 },
+    Sleep {
+        secs: u8,
+    },
 }
 
 pub const NAMES: [&str; 4] = ["Platform Admins", "Engineering", "Staff", "Ops"];
@@ -511,7 +588,15 @@ where
     A: DirectoryApi + Clone,
 {
     /// Two directories of two organizations, seeded, with per-organization name rules.
-    pub fn new(clock: ManualClock, truth: Arc<Mutex<Store>>, state: S, claims: C, api: A, knobs: Knobs, seed: u64) -> Self {
+    pub fn new(
+        clock: ManualClock,
+        truth: Arc<Mutex<Store>>,
+        state: S,
+        claims: C,
+        api: A,
+        knobs: Knobs,
+        seed: u64,
+    ) -> Self {
         let now = clock.now();
         let (a, b) = {
             let mut t = lock(&truth);
@@ -522,7 +607,12 @@ where
                     .extra_users(1),
                 now,
             );
-            let b = t.seed(&SeedSpec::new("Globex").group("Engineering", 2).group("Platform Admins", 1), now);
+            let b = t.seed(
+                &SeedSpec::new("Globex")
+                    .group("Engineering", 2)
+                    .group("Platform Admins", 1),
+                now,
+            );
             (a, b)
         };
         let staff = a.groups[1].id.clone();
@@ -580,9 +670,11 @@ where
                 let s = |v: &serde_json::Value| v.as_str().map(str::to_string);
                 let (directory, user, group) = match e.event.as_str() {
                     "dsync.activated" | "dsync.deleted" => (s(&data["id"]), None, None),
-                    "dsync.group.user_added" | "dsync.group.user_removed" => {
-                        (s(&data["directory_id"]), s(&data["user"]["id"]), s(&data["group"]["id"]))
-                    }
+                    "dsync.group.user_added" | "dsync.group.user_removed" => (
+                        s(&data["directory_id"]),
+                        s(&data["user"]["id"]),
+                        s(&data["group"]["id"]),
+                    ),
                     k if k.starts_with("dsync.group.") => (s(&data["directory_id"]), None, s(&data["id"])),
                     _ => (s(&data["directory_id"]), s(&data["id"]), None),
                 };
@@ -599,7 +691,11 @@ where
             }
         }
         for e in &events {
-            let dir = lock(&self.history).events.get(&e.id).map(|m| m.directory.clone()).unwrap_or_default();
+            let dir = lock(&self.history)
+                .events
+                .get(&e.id)
+                .map(|m| m.directory.clone())
+                .unwrap_or_default();
             let body = String::from_utf8_lossy(&e.to_body()).into_owned();
             let r = self.rng.f64();
             if r < self.knobs.drop_rate {
@@ -623,11 +719,7 @@ where
 
     pub fn live_dirs(&self) -> Vec<String> {
         let t = lock(&self.truth);
-        self.dirs
-            .iter()
-            .filter(|d| t.directory(d).is_some())
-            .cloned()
-            .collect()
+        self.dirs.iter().filter(|d| t.directory(d).is_some()).cloned().collect()
     }
 
     fn users(&self) -> Vec<String> {
@@ -695,7 +787,8 @@ where
             Op::AddMember { user, group } | Op::RemoveMember { user, group } => {
                 if let (Some(u), Some(g)) = (self.pick(&users, *user), self.pick(&groups, *group)) {
                     let mut t = lock(&self.truth);
-                    let same_dir = t.user(&u).map(|x| x.directory_id.clone()) == t.group(&g).map(|x| x.directory_id.clone());
+                    let same_dir =
+                        t.user(&u).map(|x| x.directory_id.clone()) == t.group(&g).map(|x| x.directory_id.clone());
                     if same_dir {
                         let _ = if matches!(op, Op::AddMember { .. }) {
                             t.add_member(&u, &g, now)
@@ -782,12 +875,17 @@ where
         if crash_at.is_some() {
             self.crashes += 1;
         }
-        let stall = (self.rng.f64() < self.knobs.stall_share)
-            .then(|| Duration::from_millis(self.rng.u64(1000..6000)));
+        let stall = (self.rng.f64() < self.knobs.stall_share).then(|| Duration::from_millis(self.rng.u64(1000..6000)));
         if stall.is_some() && crash_at.is_some() {
             self.stalls += 1;
         }
-        let plan = Plan::with_stall(self.clock.clone(), crash_at, self.rng.bool(), self.knobs.latency_ms, stall);
+        let plan = Plan::with_stall(
+            self.clock.clone(),
+            crash_at,
+            self.rng.bool(),
+            self.knobs.latency_ms,
+            stall,
+        );
         let checker = self.checker();
         let processor = Processor::new(
             Crashy {
@@ -880,7 +978,10 @@ where
         self.run_until_empty(max_ticks).await?;
         // The watchdog: a continuation for every directory, so no job is left behind.
         for d in self.dirs.clone() {
-            self.queue.continue_later(&d, Duration::ZERO).await.map_err(|e| e.to_string())?;
+            self.queue
+                .continue_later(&d, Duration::ZERO)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         self.run_until_empty(max_ticks).await
     }
@@ -950,10 +1051,17 @@ where
                         problems.push(format!("{uid} not current at rest: {:?}", v.stale));
                     }
                     if v.entitlements != want {
-                        problems.push(format!("{uid}: entitlements {:?}, WorkOS implies {:?}", v.entitlements, want));
+                        problems.push(format!(
+                            "{uid}: entitlements {:?}, WorkOS implies {:?}",
+                            v.entitlements, want
+                        ));
                     }
                     if v.state.as_ref() != Some(&truth.state(&uid)) {
-                        problems.push(format!("{uid}: state {:?}, WorkOS has {:?}", v.state, truth.state(&uid)));
+                        problems.push(format!(
+                            "{uid}: state {:?}, WorkOS has {:?}",
+                            v.state,
+                            truth.state(&uid)
+                        ));
                     }
                     let groups: BTreeSet<&str> = v.groups.iter().map(String::as_str).collect();
                     let want_groups: BTreeSet<&str> = truth

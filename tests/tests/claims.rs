@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use dsync::claims::{ClaimRequest, ClaimResult, ClaimStore, Completion, DynamoClaimStore};
+use dsync::adapters::dynamo_claims::DynamoClaimStore;
 use dsync::clock::{Clock, EpochMillis, EpochSeconds, SystemClock};
+use dsync::ports::claims::{ClaimRequest, ClaimResult, ClaimStore, Completion};
 use integration_tests::{dynamodb, unique};
 
 async fn store() -> (DynamoClaimStore, aws_sdk_dynamodb::Client, String) {
@@ -93,6 +94,7 @@ async fn completion_release_and_expiry() {
     claims.claim(&req("e3", "mine", now, lease, exp)).await.expect("claim");
     // Another token can neither complete nor release it.
     let theirs = Completion {
+        applied_by: None,
         event_id: "e3",
         token: "theirs",
         outcome: "refetched",

@@ -11,7 +11,9 @@ use dsync::conformance;
 async fn the_dynamodb_state_store_conforms_and_bills_like_the_in_memory_one() {
     let ddb = integration_tests::dynamodb().await;
     let table = integration_tests::unique("state");
-    dsync::schema::create_state_table(&ddb, &table).await.expect("state table");
+    dsync::schema::create_state_table(&ddb, &table)
+        .await
+        .expect("state table");
     let real = conformance::state_store(DynamoStateStore::new(ddb, &table), "c").await;
     let fake = conformance::state_store(MemState::new(), "c").await;
     assert_eq!(real, fake, "read and write units, DynamoDB vs in memory");
@@ -21,7 +23,9 @@ async fn the_dynamodb_state_store_conforms_and_bills_like_the_in_memory_one() {
 async fn the_dynamodb_claim_store_conforms() {
     let ddb = integration_tests::dynamodb().await;
     let table = integration_tests::unique("events");
-    dsync::schema::create_events_table(&ddb, &table).await.expect("events table");
+    dsync::schema::create_events_table(&ddb, &table)
+        .await
+        .expect("events table");
     conformance::claim_store(DynamoClaimStore::new(ddb, &table), "c").await;
     conformance::claim_store(MemClaims::new(), "c").await;
 }

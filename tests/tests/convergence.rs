@@ -79,11 +79,7 @@ async fn run_memory(ops: &[Op], seed: u64) -> Result<(), String> {
         t.crashes += sim.crashes as u64;
         t.stalls += sim.stalls as u64;
         t.events_delivered += sim.delivered.len() as u64;
-        t.events_completed += claims
-            .all()
-            .values()
-            .filter(|c| c.status == "COMPLETED")
-            .count() as u64;
+        t.events_completed += claims.all().values().filter(|c| c.status == "COMPLETED").count() as u64;
         t.dropped_dirs += dropped;
         t.directories_deleted += sim.dirs.len() as u64 - sim.live_dirs().len() as u64;
         t.runs_finished += state.runs().len() as u64;
@@ -113,23 +109,29 @@ fn the_view_converges_to_workos_whatever_the_delivery_order_and_crashes() {
     config.rng_algorithm = proptest::test_runner::RngAlgorithm::ChaCha;
     let mut runner = TestRunner::new_with_rng(
         config,
-        proptest::test_runner::TestRng::from_seed(
-            proptest::test_runner::RngAlgorithm::ChaCha,
-            &{
-                let mut b = [0u8; 32];
-                b[..8].copy_from_slice(&seed.to_le_bytes());
-                b
-            },
-        ),
+        proptest::test_runner::TestRng::from_seed(proptest::test_runner::RngAlgorithm::ChaCha, &{
+            let mut b = [0u8; 32];
+            b[..8].copy_from_slice(&seed.to_le_bytes());
+            b
+        }),
     );
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let started = std::time::Instant::now();
     let result = runner.run(&script(), |(ops, case_seed)| {
         rt.block_on(run_memory(&ops, case_seed))
             .map_err(|e| TestCaseError::fail(format!("case seed {case_seed}, script {ops:?}:\n{e}")))
     });
-    println!("convergence (in memory): {n} cases in {:.1} s", started.elapsed().as_secs_f64());
-    println!("convergence (in memory): exercised {:?}", TOTALS.lock().unwrap_or_else(|e| e.into_inner()));
+    println!(
+        "convergence (in memory): {n} cases in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "convergence (in memory): exercised {:?}",
+        TOTALS.lock().unwrap_or_else(|e| e.into_inner())
+    );
     if let Err(e) = result {
         panic!("{e}");
     }
@@ -139,7 +141,10 @@ fn the_view_converges_to_workos_whatever_the_delivery_order_and_crashes() {
 /// a rename away from a name rule with crashes disabled converges.
 #[test]
 fn a_plain_rename_converges() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let ops = vec![
         Op::Work { ticks: 10 },
         Op::RenameGroup { group: 0, name: 3 },

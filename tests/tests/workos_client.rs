@@ -4,21 +4,69 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use dsync::adapters::workos::{WorkosClient, WorkosConfig};
 use dsync::clock::{Clock, EpochMillis, SystemClock};
-use dsync::directory::{ApiError, CallBudget, DirectoryApi, UserState};
-use dsync::workos::{WorkosClient, WorkosConfig};
+use dsync::directory::{ApiError, CallBudget, DirGroup, DirUser, DirectoryApi, Listing, UserState};
 use workos_sandbox::{route, Fault, Sandbox, SandboxConfig, SeedSpec};
 
 type Res = Result<(), Box<dyn std::error::Error>>;
 
 const KEY: &str = "sk_test_workos_client";
 
+/// Whole lists, walked page by page through the port (as the engine's jobs do, minus the
+/// checkpoints).
+trait ListAll {
+    async fn list_directory_users(&self, d: &str, b: &CallBudget) -> Result<Vec<DirUser>, ApiError>;
+    async fn list_group_users(&self, d: &str, g: &str, b: &CallBudget) -> Result<Vec<DirUser>, ApiError>;
+    async fn list_directory_groups(&self, d: &str, b: &CallBudget) -> Result<Vec<DirGroup>, ApiError>;
+    async fn list_user_groups(&self, d: &str, u: &str, b: &CallBudget) -> Result<Vec<DirGroup>, ApiError>;
+}
+
+async fn users_of(c: &WorkosClient, d: &str, l: Listing<'_>, b: &CallBudget) -> Result<Vec<DirUser>, ApiError> {
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let Some(p) = c.users_page(d, l, after.as_deref(), b).await? else {
+            return Ok(all);
+        };
+        all.extend(p.items);
+        match p.after {
+            Some(a) => after = Some(a),
+            None => return Ok(all),
+        }
+    }
+}
+
+impl ListAll for WorkosClient {
+    async fn list_directory_users(&self, d: &str, b: &CallBudget) -> Result<Vec<DirUser>, ApiError> {
+        users_of(self, d, Listing::Directory, b).await
+    }
+    async fn list_group_users(&self, d: &str, g: &str, b: &CallBudget) -> Result<Vec<DirUser>, ApiError> {
+        users_of(self, d, Listing::Group(g), b).await
+    }
+    async fn list_directory_groups(&self, d: &str, b: &CallBudget) -> Result<Vec<DirGroup>, ApiError> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let Some(p) = self.groups_page(d, after.as_deref(), b).await? else {
+                return Ok(all);
+            };
+            all.extend(p.items);
+            match p.after {
+                Some(a) => after = Some(a),
+                None => return Ok(all),
+            }
+        }
+    }
+    async fn list_user_groups(&self, d: &str, u: &str, b: &CallBudget) -> Result<Vec<DirGroup>, ApiError> {
+        Ok(self.user_groups(d, u, b).await?.unwrap_or_default())
+    }
+}
+
 async fn sandbox() -> Result<Sandbox, std::io::Error> {
     Sandbox::start(SandboxConfig {
-        api_key: KEY.into(),
-        bind: "127.0.0.1:0".parse().expect("addr"),
         rate_limit_per_sec: Some(4),
-        webhook: None,
+        ..SandboxConfig::new(KEY)
     })
     .await
 }

@@ -83,6 +83,10 @@ pub(super) async fn list_users(State(app): State<App>, q: Params) -> Response {
     }
     let (idp_id, email) = (q.get("idp_id"), q.get("email"));
     let store = lock(&app.store);
+    // A group that does not exist (deleted meanwhile) is a 404, as for the group itself.
+    if group.is_some_and(|g| store.group(g).is_none()) {
+        return not_found();
+    }
     let users: Vec<&User> = match group {
         Some(g) => store.members_of(g),
         None => store.users.values().collect(),
@@ -125,6 +129,9 @@ pub(super) async fn list_groups(State(app): State<App>, q: Params) -> Response {
         Err(e) => return invalid_param(&e),
     };
     let store = lock(&app.store);
+    if user.is_some_and(|u| store.user(u).is_none()) {
+        return not_found();
+    }
     let groups: Vec<_> = match user {
         Some(u) => store.groups_of(u),
         None => store.groups.values().collect(),

@@ -77,7 +77,7 @@ fn authorized(app: &Shared, req: &Request) -> bool {
     let mut parts = value.trim().splitn(2, ' ');
     let scheme = parts.next().unwrap_or_default();
     let key = parts.next().unwrap_or_default().trim();
-    scheme.eq_ignore_ascii_case("bearer") && !key.is_empty() && key == app.api_key
+    scheme.eq_ignore_ascii_case("bearer") && !key.is_empty() && *key == *crate::lock(&app.api_key)
 }
 
 /// Every response carries an `X-Request-ID`.

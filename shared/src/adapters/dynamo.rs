@@ -123,7 +123,10 @@ mod tests {
         let item: Item = HashMap::from([
             ("pk".to_string(), s("dir#d")),
             ("n".to_string(), n(12345)),
-            ("m".to_string(), AttributeValue::M(HashMap::from([("k".to_string(), b(true))]))),
+            (
+                "m".to_string(),
+                AttributeValue::M(HashMap::from([("k".to_string(), b(true))])),
+            ),
         ]);
         // pk: 2 + 5; n: 1 + 4; m: 1 + 3 + (1 + 1 + 1)
         assert_eq!(item_size(&item), 7 + 5 + 7);

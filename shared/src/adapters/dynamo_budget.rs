@@ -36,7 +36,10 @@ impl RateBudget for DynamoBudget {
     async fn take(&self, now: EpochMillis) -> Result<Option<EpochMillis>, StoreError> {
         let w = u64::try_from(self.window.as_millis()).unwrap_or(1000).max(1);
         let start = now.0 / w * w;
-        let expires = EpochMillis(start).saturating_add(Duration::from_secs(120)).to_seconds().0;
+        let expires = EpochMillis(start)
+            .saturating_add(Duration::from_secs(120))
+            .to_seconds()
+            .0;
         let result = self
             .client
             .update_item()
@@ -52,6 +55,10 @@ impl RateBudget for DynamoBudget {
             .expression_attribute_values(":limit", n(self.per_window))
             .send()
             .await;
-        Ok(if applied(result)? { None } else { Some(EpochMillis(start + w)) })
+        Ok(if applied(result)? {
+            None
+        } else {
+            Some(EpochMillis(start + w))
+        })
     }
 }

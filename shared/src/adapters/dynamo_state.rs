@@ -510,7 +510,9 @@ impl DynamoStateStore {
                 attempts += 1;
                 if pending.is_some() {
                     if attempts > 8 {
-                        return Err(StoreError::Dynamo("BatchGetItem kept returning unprocessed keys".into()));
+                        return Err(StoreError::Dynamo(
+                            "BatchGetItem kept returning unprocessed keys".into(),
+                        ));
                     }
                     tokio::time::sleep(Duration::from_millis(25 << attempts.min(6))).await;
                 }
@@ -550,7 +552,9 @@ impl DynamoStateStore {
                 attempts += 1;
                 if !pending.is_empty() {
                     if attempts > 8 {
-                        return Err(StoreError::Dynamo("BatchWriteItem kept returning unprocessed items".into()));
+                        return Err(StoreError::Dynamo(
+                            "BatchWriteItem kept returning unprocessed items".into(),
+                        ));
                     }
                     tokio::time::sleep(Duration::from_millis(25 << attempts.min(6))).await;
                 }
@@ -634,7 +638,9 @@ impl StateStore for DynamoStateStore {
     }
 
     async fn users(&self, dir: &str, ids: &[String]) -> Result<Vec<Versioned<UserRecord>>, StoreError> {
-        let keys = ids.iter().map(|u| key(dir_pk(dir), user_sk(u))).collect();
+        // BatchGetItem refuses a repeated key.
+        let unique: BTreeSet<&String> = ids.iter().collect();
+        let keys = unique.into_iter().map(|u| key(dir_pk(dir), user_sk(u))).collect();
         self.batch_get(keys).await?.iter().map(codec::parse_user).collect()
     }
 
@@ -645,9 +651,7 @@ impl StateStore for DynamoStateStore {
         limit: usize,
     ) -> Result<Stored<Versioned<UserRecord>>, StoreError> {
         let after = after.map(user_sk);
-        let (items, next) = self
-            .query(&dir_pk(dir), "user#", after.as_deref(), Some(limit))
-            .await?;
+        let (items, next) = self.query(&dir_pk(dir), "user#", after.as_deref(), Some(limit)).await?;
         Ok(Stored {
             items: items.iter().map(codec::parse_user).collect::<Result<_, _>>()?,
             after: next.and_then(|sk| sk.strip_prefix("user#").map(str::to_string)),
@@ -738,10 +742,7 @@ impl StateStore for DynamoStateStore {
                     if present {
                         (self.put(it, None)?, size)
                     } else {
-                        let k = key(
-                            format!("org#{organization_id}"),
-                            lookup_sk(kind, &hash, dir, &user_id),
-                        );
+                        let k = key(format!("org#{organization_id}"), lookup_sk(kind, &hash, dir, &user_id));
                         (self.delete(k)?, size)
                     }
                 }
@@ -786,7 +787,9 @@ impl StateStore for DynamoStateStore {
             }
             tokio::time::sleep(Duration::from_millis(20 + fastrand::u64(0..(40 << attempt)))).await;
         }
-        Err(CommitError::Store(StoreError::Dynamo("transaction kept conflicting".into())))
+        Err(CommitError::Store(StoreError::Dynamo(
+            "transaction kept conflicting".into(),
+        )))
     }
 
     async fn fence(&self, dir: &str) -> Result<Option<Versioned<Fence>>, StoreError> {
@@ -941,7 +944,14 @@ impl StateStore for DynamoStateStore {
         Ok(())
     }
 
-    async fn put_seen(&self, dir: &str, run: &str, container: &str, page: u32, seen: &SeenPage) -> Result<(), StoreError> {
+    async fn put_seen(
+        &self,
+        dir: &str,
+        run: &str,
+        container: &str,
+        page: u32,
+        seen: &SeenPage,
+    ) -> Result<(), StoreError> {
         let expires = EpochMillis::from(std::time::SystemTime::now())
             .saturating_add(SEEN_TTL)
             .to_seconds()
@@ -966,7 +976,13 @@ impl StateStore for DynamoStateStore {
             .collect()
     }
 
-    async fn seen_page(&self, dir: &str, run: &str, container: &str, page: u32) -> Result<Option<SeenPage>, StoreError> {
+    async fn seen_page(
+        &self,
+        dir: &str,
+        run: &str,
+        container: &str,
+        page: u32,
+    ) -> Result<Option<SeenPage>, StoreError> {
         match self
             .get(format!("run#{dir}#{run}"), format!("{container}#{page:06}"))
             .await?
@@ -994,12 +1010,7 @@ impl StateStore for DynamoStateStore {
             .await?;
         Ok(items
             .iter()
-            .filter_map(|i| {
-                Some((
-                    get_s(i, "directory_id")?.to_string(),
-                    get_s(i, "user_id")?.to_string(),
-                ))
-            })
+            .filter_map(|i| Some((get_s(i, "directory_id")?.to_string(), get_s(i, "user_id")?.to_string())))
             .collect())
     }
 

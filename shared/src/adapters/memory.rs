@@ -91,7 +91,8 @@ impl StateStore for MemState {
     async fn users(&self, dir: &str, ids: &[String]) -> Result<Vec<Versioned<UserRecord>>, StoreError> {
         let d = lock(&self.data);
         let mut out = Vec::new();
-        for id in ids {
+        let unique: BTreeSet<&String> = ids.iter().collect();
+        for id in unique {
             match d.users.get(&(dir.to_string(), id.clone())) {
                 Some(u) => {
                     self.read(bill::read_item(Self::user_size(dir, u)));
@@ -178,10 +179,7 @@ impl StateStore for MemState {
         let items: Vec<String> = it.by_ref().take(limit.max(1)).collect();
         let more = it.next().is_some();
         self.read(bill::query(
-            items
-                .iter()
-                .map(|u| item_size(&codec::member(dir, group_id, u)))
-                .sum(),
+            items.iter().map(|u| item_size(&codec::member(dir, group_id, u))).sum(),
         ));
         Ok(Stored {
             after: if more { items.last().cloned() } else { None },
@@ -224,10 +222,16 @@ impl StateStore for MemState {
         for w in &writes {
             let ok = match w {
                 Write::User { record, expect } => {
-                    d.users.get(&(dir.to_string(), record.user_id.clone())).map(|u| u.version) == *expect
+                    d.users
+                        .get(&(dir.to_string(), record.user_id.clone()))
+                        .map(|u| u.version)
+                        == *expect
                 }
                 Write::Group { record, expect } => {
-                    d.groups.get(&(dir.to_string(), record.group_id.clone())).map(|g| g.version) == *expect
+                    d.groups
+                        .get(&(dir.to_string(), record.group_id.clone()))
+                        .map(|g| g.version)
+                        == *expect
                 }
                 _ => true,
             };
@@ -322,7 +326,9 @@ impl StateStore for MemState {
     async fn ctl(&self, dir: &str) -> Result<Ctl, StoreError> {
         let d = lock(&self.data);
         let c = d.ctls.get(dir).cloned();
-        self.read(bill::read_item(c.as_ref().map_or(0, |c| item_size(&codec::ctl(dir, c)))));
+        self.read(bill::read_item(
+            c.as_ref().map_or(0, |c| item_size(&codec::ctl(dir, c))),
+        ));
         Ok(c.unwrap_or_default())
     }
 
@@ -394,10 +400,22 @@ impl StateStore for MemState {
         Ok(())
     }
 
-    async fn put_seen(&self, dir: &str, run: &str, container: &str, page: u32, seen: &SeenPage) -> Result<(), StoreError> {
+    async fn put_seen(
+        &self,
+        dir: &str,
+        run: &str,
+        container: &str,
+        page: u32,
+        seen: &SeenPage,
+    ) -> Result<(), StoreError> {
         let mut d = lock(&self.data);
         self.wrote(bill::write_item(item_size(&codec::seen(
-            dir, run, container, page, seen, SEEN_EXPIRES,
+            dir,
+            run,
+            container,
+            page,
+            seen,
+            SEEN_EXPIRES,
         ))));
         d.seen.insert(
             (dir.to_string(), run.to_string(), container.to_string(), page),
@@ -424,7 +442,13 @@ impl StateStore for MemState {
         Ok(pages)
     }
 
-    async fn seen_page(&self, dir: &str, run: &str, container: &str, page: u32) -> Result<Option<SeenPage>, StoreError> {
+    async fn seen_page(
+        &self,
+        dir: &str,
+        run: &str,
+        container: &str,
+        page: u32,
+    ) -> Result<Option<SeenPage>, StoreError> {
         let d = lock(&self.data);
         let p = d
             .seen
@@ -491,25 +515,39 @@ impl StateStore for MemState {
             if d2 != dir {
                 break;
             }
-            part.push((format!("user#{u}"), item_size(&codec::user(dir, &v.value, v.version)), Rec::User(u.clone())));
+            part.push((
+                format!("user#{u}"),
+                item_size(&codec::user(dir, &v.value, v.version)),
+                Rec::User(u.clone()),
+            ));
         }
         for ((d2, g), v) in d.groups.range((dir.to_string(), String::new())..) {
             if d2 != dir {
                 break;
             }
-            part.push((format!("group#{g}"), item_size(&codec::group(dir, &v.value, v.version)), Rec::Group(g.clone())));
+            part.push((
+                format!("group#{g}"),
+                item_size(&codec::group(dir, &v.value, v.version)),
+                Rec::Group(g.clone()),
+            ));
         }
         for (d2, g, u) in d.members.range((dir.to_string(), String::new(), String::new())..) {
             if d2 != dir {
                 break;
             }
-            part.push((format!("gm#{g}#{u}"), item_size(&codec::member(dir, g, u)), Rec::Member(g.clone(), u.clone())));
+            part.push((
+                format!("gm#{g}#{u}"),
+                item_size(&codec::member(dir, g, u)),
+                Rec::Member(g.clone(), u.clone()),
+            ));
         }
         part.sort_by(|a, b| a.0.cmp(&b.0));
         let start = after.map_or(0, |a| part.partition_point(|(sk, _, _)| sk.as_str() <= a));
         let page: Vec<&(String, usize, Rec)> = part[start..].iter().take(limit.max(1)).collect();
         self.read(bill::query(page.iter().map(|(_, size, _)| *size).sum()));
-        let next = (start + page.len() < part.len()).then(|| page.last().map(|(sk, _, _)| sk.clone())).flatten();
+        let next = (start + page.len() < part.len())
+            .then(|| page.last().map(|(sk, _, _)| sk.clone()))
+            .flatten();
         let mut users = Vec::new();
         let mut groups = Vec::new();
         let mut members = Vec::new();
@@ -528,9 +566,13 @@ impl StateStore for MemState {
                 d.aliases.remove(&u);
                 deleted += 2;
                 if let Some(org) = &org {
-                    for (kind, h) in [(LookupKind::Email, &v.value.email_hash), (LookupKind::Idp, &v.value.idp_hash)] {
+                    for (kind, h) in [
+                        (LookupKind::Email, &v.value.email_hash),
+                        (LookupKind::Idp, &v.value.idp_hash),
+                    ] {
                         if let Some(h) = h {
-                            d.lookups.remove(&(org.clone(), kind, h.clone(), dir.to_string(), u.clone()));
+                            d.lookups
+                                .remove(&(org.clone(), kind, h.clone(), dir.to_string(), u.clone()));
                             deleted += 1;
                         }
                     }
@@ -818,10 +860,7 @@ impl MemQueue {
                 if out.len() >= max {
                     break;
                 }
-                let pos = d
-                    .messages
-                    .iter()
-                    .position(|h| h.visible_at <= now && &h.msg.group == g);
+                let pos = d.messages.iter().position(|h| h.visible_at <= now && &h.msg.group == g);
                 if let Some(i) = pos {
                     d.seq += 1;
                     let receipt = format!("r{}", d.seq);

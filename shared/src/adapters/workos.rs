@@ -235,7 +235,11 @@ impl WorkosClient {
     }
 
     /// The same, taking every request from a budget shared by all processes using the key.
-    pub fn with_budget(config: WorkosConfig, clock: impl Clock, budget: impl RateBudget) -> Result<Self, WorkosClientError> {
+    pub fn with_budget(
+        config: WorkosConfig,
+        clock: impl Clock,
+        budget: impl RateBudget,
+    ) -> Result<Self, WorkosClientError> {
         Self::build(config, clock, budget, None)
     }
 
@@ -270,7 +274,10 @@ impl WorkosClient {
                 bearer(k.value().expose()).ok_or(WorkosClientError::InvalidApiKey)?;
             }
             None => {
-                headers.insert(AUTHORIZATION, bearer(&config.api_key).ok_or(WorkosClientError::InvalidApiKey)?);
+                headers.insert(
+                    AUTHORIZATION,
+                    bearer(&config.api_key).ok_or(WorkosClientError::InvalidApiKey)?,
+                );
             }
         }
         headers.insert(
@@ -410,7 +417,9 @@ impl WorkosClient {
                 .attempt(route, url.clone(), query, none_on_404, timeout, attempt)
                 .await;
             let (error, wait) = match outcome {
-                Attempt::Done(Err(ApiError::Auth { status: 401 })) if !key_refreshed && self.key_rotated(key_version).await => {
+                Attempt::Done(Err(ApiError::Auth { status: 401 }))
+                    if !key_refreshed && self.key_rotated(key_version).await =>
+                {
                     // The key was rotated: once more with the new one.
                     key_refreshed = true;
                     last = Some(ApiError::Auth { status: 401 });
@@ -767,7 +776,11 @@ impl From<WireUser> for DirUser {
     fn from(w: WireUser) -> Self {
         // `email` (current) or the primary of the deprecated `emails`, else its first.
         let email = w.email.filter(|e| !e.trim().is_empty()).or_else(|| {
-            let primary = w.emails.iter().find(|e| e.primary == Some(true)).and_then(|e| e.value.clone());
+            let primary = w
+                .emails
+                .iter()
+                .find(|e| e.primary == Some(true))
+                .and_then(|e| e.value.clone());
             primary.or_else(|| w.emails.into_iter().find_map(|e| e.value))
         });
         DirUser {

@@ -74,4 +74,3 @@ pub trait ClaimStore: Send + Sync + 'static {
         expires_at: EpochSeconds,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
-

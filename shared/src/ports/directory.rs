@@ -198,11 +198,7 @@ pub trait DirectoryApi: Send + Sync + 'static {
 }
 
 impl<T: DirectoryApi> DirectoryApi for std::sync::Arc<T> {
-    fn get_directory(
-        &self,
-        d: &str,
-        b: &CallBudget,
-    ) -> impl Future<Output = Result<Option<DirInfo>, ApiError>> + Send {
+    fn get_directory(&self, d: &str, b: &CallBudget) -> impl Future<Output = Result<Option<DirInfo>, ApiError>> + Send {
         (**self).get_directory(d, b)
     }
     fn get_user(

@@ -11,8 +11,11 @@ pub struct WorkQueueError(pub String);
 /// The work queue port.
 pub trait WorkQueue: Send + Sync + 'static {
     /// Queue a continuation for a directory, delivered after `delay` (at most 15 minutes).
-    fn continue_later(&self, directory_id: &str, delay: Duration)
-        -> impl Future<Output = Result<(), WorkQueueError>> + Send;
+    fn continue_later(
+        &self,
+        directory_id: &str,
+        delay: Duration,
+    ) -> impl Future<Output = Result<(), WorkQueueError>> + Send;
     /// Make a received message visible again after `delay` (at most 12 hours).
     fn defer(&self, receipt_handle: &str, delay: Duration) -> impl Future<Output = Result<(), WorkQueueError>> + Send;
 }

@@ -92,9 +92,17 @@ pub enum Phase {
     /// Read the directory itself (organization, existence).
     Directory,
     /// List every group.
-    Groups { after: Option<String>, page: u32, started: u64 },
+    Groups {
+        after: Option<String>,
+        page: u32,
+        started: u64,
+    },
     /// List every user.
-    Users { after: Option<String>, page: u32, started: u64 },
+    Users {
+        after: Option<String>,
+        page: u32,
+        started: u64,
+    },
     /// List each listed group's members: group `gidx` of the groups container's page `gpage`.
     Members {
         gpage: u32,
@@ -108,13 +116,24 @@ pub enum Phase {
     /// Users that were not listed are deleted.
     SweepUsers { after: Option<String> },
     /// Memberships that were not listed are removed, group by group.
-    SweepMembers { group_after: Option<String>, after: Option<String> },
+    SweepMembers {
+        group_after: Option<String>,
+        after: Option<String>,
+    },
     /// Group job: read the group.
     GroupRead,
     /// Group job: list its members.
-    GroupMembers { after: Option<String>, page: u32, started: u64 },
+    GroupMembers {
+        after: Option<String>,
+        page: u32,
+        started: u64,
+    },
     /// Group job: remove stored members that were not listed (or all, if the group is gone).
-    GroupSweep { after: Option<String>, started: u64, gone: bool },
+    GroupSweep {
+        after: Option<String>,
+        started: u64,
+        gone: bool,
+    },
     /// Purge job.
     Purge { after: Option<String> },
     /// Everything is written; record the result.
@@ -212,12 +231,23 @@ pub struct Absorb {
 pub enum CtlChange {
     Organization(String),
     /// Monotonic: never moves back.
-    FullApplied { at: EpochMillis, cost: u64 },
+    FullApplied {
+        at: EpochMillis,
+        cost: u64,
+    },
     /// Remove the full request if nobody pushed its `after` past `upto` meanwhile.
-    ClearFull { upto: EpochMillis },
-    Propagating { group_id: String, since: EpochMillis },
+    ClearFull {
+        upto: EpochMillis,
+    },
+    Propagating {
+        group_id: String,
+        since: EpochMillis,
+    },
     /// Remove the mark if it is not newer than `upto`.
-    Propagated { group_id: String, upto: EpochMillis },
+    Propagated {
+        group_id: String,
+        upto: EpochMillis,
+    },
     Deleted(EpochMillis),
     LastRun(RunSummary),
 }
@@ -242,10 +272,20 @@ impl LookupKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
     /// `expect`: the version read, or `None` if the record must not exist yet.
-    User { record: UserRecord, expect: Option<u64> },
-    Group { record: GroupRecord, expect: Option<u64> },
+    User {
+        record: UserRecord,
+        expect: Option<u64>,
+    },
+    Group {
+        record: GroupRecord,
+        expect: Option<u64>,
+    },
     /// The group → member index (kept equal to the user records' present memberships).
-    Member { group_id: String, user_id: String, present: bool },
+    Member {
+        group_id: String,
+        user_id: String,
+        present: bool,
+    },
     /// `organization + hash → (directory, user)`, for the gate's look-ups.
     Lookup {
         organization_id: String,
@@ -255,7 +295,9 @@ pub enum Write {
         present: bool,
     },
     /// `user id → directory`, so a user can be found by id alone with a consistent read.
-    Alias { user_id: String },
+    Alias {
+        user_id: String,
+    },
 }
 
 /// Why a commit did not land.

@@ -50,7 +50,11 @@ pub fn record_of(m: &SqsMessage) -> Record {
 /// Process one SQS batch; failed or deferred records are reported by message id so only they
 /// come back (deferred ones after their delay). A record without a message id cannot be reported
 /// alone: an empty identifier makes Lambda retry the whole batch, the safe default.
-pub async fn handle<A, C, S, Q, K>(processor: &Processor<A, C, S, Q, K>, event: SqsEvent, deadline: EpochMillis) -> SqsBatchResponse
+pub async fn handle<A, C, S, Q, K>(
+    processor: &Processor<A, C, S, Q, K>,
+    event: SqsEvent,
+    deadline: EpochMillis,
+) -> SqsBatchResponse
 where
     A: DirectoryApi,
     C: ClaimStore,

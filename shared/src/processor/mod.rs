@@ -18,7 +18,7 @@ use futures::stream::{self, StreamExt};
 
 use crate::clock::{Clock, EpochMillis, EpochSeconds};
 use crate::directory::DirectoryApi;
-use crate::engine::{ChunkReport, Engine, Ran, Request};
+use crate::engine::{Asked as Why, ChunkReport, Engine, Ran, Request};
 use crate::model::Asked;
 use crate::plan::{parse_message, Action, Event, Message};
 use crate::ports::claims::{ClaimRequest, ClaimResult, ClaimStore, Completion};
@@ -100,7 +100,9 @@ pub struct Processor<A, C, S, Q, K> {
 
 impl<A, C, S, Q, K> std::fmt::Debug for Processor<A, C, S, Q, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Processor").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Processor")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -191,7 +193,9 @@ where
             match result {
                 Ok(ClaimResult::Acquired) => {
                     let (dir, target) = match &ev.action {
-                        Action::RefreshUser { directory_id, user_id } => (directory_id.clone(), Target::User(user_id.clone())),
+                        Action::RefreshUser { directory_id, user_id } => {
+                            (directory_id.clone(), Target::User(user_id.clone()))
+                        }
                         Action::RefreshGroup { directory_id, group_id } => {
                             (directory_id.clone(), Target::Group(group_id.clone()))
                         }
@@ -249,13 +253,13 @@ where
         }
 
         // 4. Each directory's work, several directories at once.
-        let results = stream::iter(
-            dirs.into_iter()
-                .map(|(dir, work)| async move { self.directory(&dir, work, records, work_deadline, expires_at).await }),
-        )
-        .buffer_unordered(self.config.concurrency)
-        .collect::<Vec<_>>()
-        .await;
+        let results =
+            stream::iter(dirs.into_iter().map(|(dir, work)| async move {
+                self.directory(&dir, work, records, work_deadline, expires_at).await
+            }))
+            .buffer_unordered(self.config.concurrency)
+            .collect::<Vec<_>>()
+            .await;
         for (i, outcome) in results.into_iter().flatten() {
             outcomes[i] = Some(outcome);
         }
@@ -317,6 +321,7 @@ where
         }
         let mut requests = Vec::new();
         let mut hint: Option<EpochMillis> = None;
+
         for c in &pending {
             requests.push(match &c.target {
                 Target::User(u) => Request::User(u.clone()),
@@ -338,7 +343,14 @@ where
                 });
             }
         }
-        let ran = self.engine.run(dir, &requests, hint, deadline).await;
+        // When the latest was queued; unknown for one means unknown for the lot.
+        let received = pending
+            .iter()
+            .map(|c| c.asked.received)
+            .collect::<Option<Vec<_>>>()
+            .and_then(|v| v.into_iter().max());
+        let why = Why { hint, received };
+        let ran = self.engine.run(dir, &requests, &why, deadline).await;
         for (i, _) in &work.own {
             out.push((
                 *i,
@@ -349,7 +361,7 @@ where
                     },
                     Err(e) => RecordOutcome::Retry {
                         reason: e.to_string(),
-                        delay: Some(crate::engine::RETRY_AFTER_FAILURE),
+                        delay: Some(self.config.engine.retry_after_failure),
                     },
                 },
             ));
@@ -357,10 +369,13 @@ where
         match ran {
             Ok(ran) => {
                 let report = match &ran {
-                    Ran::Worked(r) => Some(r.clone()),
+                    Ran::Worked(r) | Ran::Failed { report: r, .. } => Some(r.clone()),
                     _ => None,
                 };
-                let left = match self.settle(dir, pending.clone(), report.as_ref(), expires_at, &mut out).await {
+                let left = match self
+                    .settle(dir, pending.clone(), report.as_ref(), expires_at, &mut out)
+                    .await
+                {
                     Ok(left) => left,
                     Err(e) => {
                         tracing::error!(directory_id = %dir, error = %e, "could not check what is applied");
@@ -369,8 +384,9 @@ where
                 };
                 for c in left {
                     let delay = self.defer_delay(&ran, &records[c.index]);
-                    let reason = match ran {
+                    let reason = match &ran {
                         Ran::Busy => "another worker holds the directory; handed over",
+                        Ran::Failed { error, .. } => error.as_str(),
                         _ => "waiting for a read that reflects it",
                     };
                     out.push((c.index, self.defer(&c, reason, delay).await));
@@ -381,7 +397,7 @@ where
                 for c in &pending {
                     out.push((
                         c.index,
-                        self.defer(c, &e.to_string(), Some(crate::engine::RETRY_AFTER_FAILURE))
+                        self.defer(c, &e.to_string(), Some(self.config.engine.retry_after_failure))
                             .await,
                     ));
                 }
@@ -421,16 +437,17 @@ where
                 .map(|u| (u.value.user_id, u.value.applied_at))
                 .collect()
         };
-        let groups: HashMap<String, Option<EpochMillis>> = if events.iter().any(|c| matches!(c.target, Target::Group(_))) {
-            state
-                .groups(dir)
-                .await?
-                .into_iter()
-                .map(|g| (g.value.group_id, g.value.members_applied_at))
-                .collect()
-        } else {
-            HashMap::new()
-        };
+        let groups: HashMap<String, Option<EpochMillis>> =
+            if events.iter().any(|c| matches!(c.target, Target::Group(_))) {
+                state
+                    .groups(dir)
+                    .await?
+                    .into_iter()
+                    .map(|g| (g.value.group_id, g.value.members_applied_at))
+                    .collect()
+            } else {
+                HashMap::new()
+            };
         let margin = self.margin();
         let mut left = Vec::new();
         let mut calls = report.map_or(0, |r| r.workos_calls);
@@ -469,6 +486,7 @@ where
     fn defer_delay(&self, ran: &Ran, record: &Record) -> Option<Duration> {
         match ran {
             Ran::Busy => Some(self.config.defer_min),
+            Ran::Failed { .. } => Some(self.config.engine.retry_after_failure),
             _ => {
                 let n = record.receive_count.saturating_sub(1).min(10);
                 Some(
