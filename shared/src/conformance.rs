@@ -66,6 +66,7 @@ pub async fn state_store<S: StateStore>(store: S, ns: &str) -> (u64, u64) {
     control_record(&s, &format!("{ns}-ctl")).await;
     seen_pages(&s, &format!("{ns}-seen")).await;
     purge(&s, &format!("{ns}-purge"), &format!("org_{ns}p")).await;
+    registry(&s, ns).await;
     s.put_run(
         &format!("{ns}-run"),
         &RunSummary {
@@ -589,6 +590,36 @@ async fn purge<S: StateStore>(s: &S, dir: &str, org: &str) {
         Some(org),
         "the control record survives a purge"
     );
+}
+
+async fn registry<S: StateStore>(s: &S, ns: &str) {
+    let ids: Vec<String> = (0..5).map(|i| format!("{ns}-reg-{i}")).collect();
+    for (i, d) in ids.iter().enumerate().rev() {
+        s.register(&Registered {
+            directory_id: d.clone(),
+            organization_id: Some(format!("org_{i}")),
+            deleted: i == 3,
+        })
+        .await
+        .expect("register");
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let p = s.registered(after.as_deref(), 2).await.expect("registry");
+        seen.extend(
+            p.items
+                .into_iter()
+                .filter(|r| r.directory_id.starts_with(&format!("{ns}-reg-"))),
+        );
+        match p.after {
+            Some(a) => after = Some(a),
+            None => break,
+        }
+    }
+    assert_eq!(seen.iter().map(|r| r.directory_id.clone()).collect::<Vec<_>>(), ids);
+    assert!(seen[3].deleted && !seen[2].deleted);
+    assert_eq!(seen[1].organization_id.as_deref(), Some("org_1"));
 }
 
 /// Every claim store behaviour the processor relies on.

@@ -691,7 +691,7 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
             self.groups
                 .get(g)
                 .and_then(|g| g.value.changed_at)
-                .is_some_and(|c| rec.computed_at.is_none_or(|at| at < c))
+                .is_some_and(|c| rec.computed_at.is_none_or(|at| at <= c))
         })
     }
 
@@ -860,6 +860,13 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
                 self.store
                     .change_ctl(&self.dir, &CtlChange::Organization(org.clone()))
                     .await?;
+                self.store
+                    .register(&Registered {
+                        directory_id: self.dir.clone(),
+                        organization_id: Some(org.clone()),
+                        deleted: false,
+                    })
+                    .await?;
                 self.tenant_org = Some(org);
                 Ok(())
             }
@@ -882,6 +889,13 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
         }
         let at = self.fence.deleted_at.unwrap_or(now);
         self.store.change_ctl(&self.dir, &CtlChange::Deleted(at)).await?;
+        self.store
+            .register(&Registered {
+                directory_id: self.dir.clone(),
+                organization_id: self.tenant_org.clone(),
+                deleted: true,
+            })
+            .await?;
         self.users.clear();
         self.pending_groups.clear();
         self.full = None;

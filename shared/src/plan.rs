@@ -88,10 +88,12 @@ pub enum Message {
     Continue {
         directory_id: String,
     },
-    /// Reconcile a directory (an operator, the scheduler).
+    /// Reconcile a directory (an operator, the scheduler), or purge it (`purge`: WorkOS no
+    /// longer lists it).
     Request {
         directory_id: String,
         requested_at: Option<EpochMillis>,
+        purge: bool,
     },
 }
 
@@ -100,6 +102,8 @@ struct Own {
     object: String,
     directory_id: Option<String>,
     requested_at: Option<u64>,
+    #[serde(default)]
+    purge: bool,
 }
 
 /// Parse any queued body.
@@ -113,6 +117,7 @@ pub fn parse_message(body: &str) -> Result<Message, PlanError> {
                 return Ok(Message::Request {
                     directory_id: dir()?,
                     requested_at: own.requested_at.map(EpochMillis),
+                    purge: own.purge,
                 })
             }
             _ => {}
@@ -127,6 +132,17 @@ pub fn request_body(directory_id: &str, requested_at: EpochMillis) -> String {
         "object": crate::ports::queue::REQUEST,
         "directory_id": directory_id,
         "requested_at": requested_at.0,
+    })
+    .to_string()
+}
+
+/// The body of a purge request: WorkOS no longer lists the directory (the scheduler found it).
+pub fn purge_body(directory_id: &str, requested_at: EpochMillis) -> String {
+    serde_json::json!({
+        "object": crate::ports::queue::REQUEST,
+        "directory_id": directory_id,
+        "requested_at": requested_at.0,
+        "purge": true,
     })
     .to_string()
 }
@@ -269,7 +285,16 @@ mod tests {
             parse_message(&request_body("d", EpochMillis(7))),
             Ok(Message::Request {
                 directory_id: "d".into(),
-                requested_at: Some(EpochMillis(7))
+                requested_at: Some(EpochMillis(7)),
+                purge: false,
+            })
+        );
+        assert_eq!(
+            parse_message(&purge_body("d", EpochMillis(7))),
+            Ok(Message::Request {
+                directory_id: "d".into(),
+                requested_at: Some(EpochMillis(7)),
+                purge: true,
             })
         );
         assert!(matches!(

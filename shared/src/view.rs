@@ -79,9 +79,10 @@ impl UserView {
         } else if u.state.is_none() {
             Some(Staleness::NeverRead)
         } else if u.member_of().any(|g| {
+            // Computed in the same millisecond as the change was seen counts as before it.
             ctl.propagating
                 .get(g)
-                .is_some_and(|since| u.computed_at.is_none_or(|c| c < *since))
+                .is_some_and(|since| u.computed_at.is_none_or(|c| c <= *since))
         }) {
             Some(Staleness::GroupChanging)
         } else {

@@ -250,6 +250,12 @@ impl<S: StateStore> StateStore for Crashy<S> {
     async fn put_run(&self, dir: &str, run: &RunSummary) -> Result<(), StoreError> {
         self.plan.point("put_run", self.inner.put_run(dir, run)).await
     }
+    async fn register(&self, entry: &Registered) -> Result<(), StoreError> {
+        self.plan.point("register", self.inner.register(entry)).await
+    }
+    async fn registered(&self, after: Option<&str>, limit: usize) -> Result<Stored<Registered>, StoreError> {
+        self.plan.point("registered", self.inner.registered(after, limit)).await
+    }
 }
 
 impl<C: ClaimStore> ClaimStore for Crashy<C> {

@@ -69,11 +69,28 @@ async fn run1_a_partial_apply_is_resumed_not_counted_as_done() {
         .seed_directory(SeedSpec::new("Partial").group("Platform Admins", 150));
     let dir = seeded.directory_id.clone();
     let members = seeded.groups[0].user_ids.clone();
-    let mut cfg = config(&org_rule(&seeded.organization_id, "Platform Admins", "admin-console"));
-    cfg.engine.chunk = Duration::from_secs(5);
-    cfg.engine.lease_grace = Duration::from_secs(1);
-    let p = stack.processor_with(stack.workos(), cfg.clone());
-    reconcile(&p, &dir).await;
+    // A manual clock: the dead invocation's leases run out when the test says so, however
+    // slow the machine is.
+    let clock = ManualClock::at(SystemClock.now());
+    let cfg = config(&org_rule(&seeded.organization_id, "Platform Admins", "admin-console"));
+    let p = Processor::new(
+        stack.workos(),
+        stack.claims(),
+        stack.state(),
+        stack.work_queue(),
+        clock.clone(),
+        cfg.clone(),
+    );
+    let deadline = || clock.now().saturating_add(Duration::from_secs(60));
+    p.engine()
+        .run(
+            &dir,
+            &[Request::Full { after: clock.now() }],
+            &Default::default(),
+            deadline(),
+        )
+        .await
+        .expect("initial sync");
     for u in &members {
         assert_eq!(ents(&stack.user(&dir, u).await), ["admin-console"]);
     }
@@ -94,15 +111,20 @@ async fn run1_a_partial_apply_is_resumed_not_counted_as_done() {
             plan: plan.clone(),
         },
         stack.work_queue(),
-        SystemClock,
+        clock.clone(),
         cfg,
     );
-    let lease_end = deadline_in(Duration::from_secs(8));
-    let r = tokio::time::timeout(Duration::from_secs(15), killed.process_batch(&[record(&ev)], lease_end)).await;
-    assert!(
-        r.is_err() && plan.crashed(),
-        "the invocation must have been killed mid-apply"
-    );
+    let dead = async {
+        while !plan.crashed() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let batch = [record(&ev)];
+    tokio::select! {
+        out = killed.process_batch(&batch, deadline()) => panic!("the invocation must have been killed mid-apply: {out:?}"),
+        _ = tokio::time::timeout(Duration::from_secs(60), dead) => {}
+    }
+    assert!(plan.crashed(), "the invocation must have been killed mid-apply");
 
     // Part-way: some members rewritten, some not; the gate grants none of them.
     let mut stale = 0;
@@ -124,19 +146,8 @@ async fn run1_a_partial_apply_is_resumed_not_counted_as_done() {
     assert_eq!(claim_status(&stack, &ev.id).await.as_deref(), Some("IN_PROGRESS"));
 
     // The redelivery, once the dead invocation's leases ran out.
-    tokio::time::sleep(lease_end.remaining_from(SystemClock.now()) + Duration::from_millis(200)).await;
-    let mut out = p.process_batch(&[record(&ev)], minute()).await;
-    for _ in 0..5 {
-        if done_how(&out[0]).is_some() {
-            break;
-        }
-        // A continuation would bring it back; drive the directory directly.
-        p.engine()
-            .run(&dir, &[], &Default::default(), minute())
-            .await
-            .expect("continue");
-        out = p.process_batch(&[record(&ev)], minute()).await;
-    }
+    clock.advance(Duration::from_secs(120));
+    let out = p.process_batch(&[record(&ev)], deadline()).await;
     assert_eq!(done_how(&out[0]), Some("applied"), "{out:?}");
     for u in &members {
         let rec = stack.user(&dir, u).await;

@@ -10,6 +10,7 @@
 //! - `dir#<d>` / `run#<started>#<id>`: a finished run's summary (expires).
 //! - `org#<o>` / `<email|idp>#<hash>#<d>#<u>`: look-ups for the gate.
 //! - `uid#<u>` / `alias`: the directory of a user id.
+//! - `directories` / `<d>`: the registry of directories we hold data for (and deleted ones).
 //! - `run#<d>#<run>` / `<container>#<page>`: what a reconcile listed (fingerprints; expires).
 //!
 //! Every commit is one `TransactWriteItems` whose first item checks the fence's version, so the
@@ -50,6 +51,8 @@ fn lookup_sk(kind: LookupKind, hash: &str, dir: &str, uid: &str) -> String {
     format!("{}#{hash}#{dir}#{uid}", kind.as_str())
 }
 const FENCE_SK: &str = "fence";
+/// The registry of directories we hold data for.
+const REGISTRY_PK: &str = "directories";
 const CTL_SK: &str = "ctl";
 const PROP_PREFIX: &str = "prop#";
 /// How long a reconcile's fingerprints and a run summary are kept.
@@ -371,6 +374,16 @@ pub mod codec {
             ids: get_list(it, "ids"),
             last: get_bool(it, "last").unwrap_or(false),
         })
+    }
+
+    pub fn registered(r: &Registered) -> Item {
+        let mut it = key(REGISTRY_PK.to_string(), r.directory_id.clone());
+        it.insert("kind".into(), s("directory"));
+        if let Some(o) = &r.organization_id {
+            it.insert("organization_id".into(), s(o));
+        }
+        it.insert("deleted".into(), AttributeValue::Bool(r.deleted));
+        it
     }
 
     pub fn run(dir: &str, r: &RunSummary, expires: u64) -> Result<Item, StoreError> {
@@ -1039,6 +1052,36 @@ impl StateStore for DynamoStateStore {
         let deleted = keys.len();
         self.batch_delete(keys).await?;
         Ok(Purged { deleted, after: next })
+    }
+
+    async fn register(&self, entry: &Registered) -> Result<(), StoreError> {
+        let item = codec::registered(entry);
+        self.wrote(bill::write_item(item_size(&item)));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        Ok(())
+    }
+
+    async fn registered(&self, after: Option<&str>, limit: usize) -> Result<Stored<Registered>, StoreError> {
+        let (items, next) = self.query(REGISTRY_PK, "", after, Some(limit)).await?;
+        Ok(Stored {
+            items: items
+                .iter()
+                .filter_map(|i| {
+                    Some(Registered {
+                        directory_id: get_s(i, SK)?.to_string(),
+                        organization_id: get_s(i, "organization_id").map(str::to_string),
+                        deleted: get_bool(i, "deleted").unwrap_or(false),
+                    })
+                })
+                .collect(),
+            after: next,
+        })
     }
 
     async fn put_run(&self, dir: &str, run: &RunSummary) -> Result<(), StoreError> {

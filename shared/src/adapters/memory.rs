@@ -39,6 +39,7 @@ struct StateData {
     /// (directory, run, container, page)
     seen: BTreeMap<(String, String, String, u32), SeenPage>,
     runs: Vec<(String, RunSummary)>,
+    registry: BTreeMap<String, Registered>,
 }
 
 /// The state store in memory.
@@ -589,6 +590,38 @@ impl StateStore for MemState {
         }
         self.wrote(deleted as u64);
         Ok(Purged { deleted, after: next })
+    }
+
+    async fn register(&self, entry: &Registered) -> Result<(), StoreError> {
+        let mut d = lock(&self.data);
+        self.wrote(bill::write_item(item_size(&codec::registered(entry))));
+        d.registry.insert(entry.directory_id.clone(), entry.clone());
+        Ok(())
+    }
+
+    async fn registered(&self, after: Option<&str>, limit: usize) -> Result<Stored<Registered>, StoreError> {
+        let d = lock(&self.data);
+        let lower = match after {
+            Some(a) => std::ops::Bound::Excluded(a.to_string()),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut it = d
+            .registry
+            .range((lower, std::ops::Bound::Unbounded))
+            .map(|(_, r)| r.clone());
+        let items: Vec<Registered> = it.by_ref().take(limit.max(1)).collect();
+        let more = it.next().is_some();
+        self.read(bill::query(
+            items.iter().map(|r| item_size(&codec::registered(r))).sum(),
+        ));
+        Ok(Stored {
+            after: if more {
+                items.last().map(|r| r.directory_id.clone())
+            } else {
+                None
+            },
+            items,
+        })
     }
 
     async fn put_run(&self, dir: &str, run: &RunSummary) -> Result<(), StoreError> {

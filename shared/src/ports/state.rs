@@ -461,8 +461,25 @@ pub trait StateStore: Clone + Send + Sync + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> impl Future<Output = Result<Purged, StoreError>> + Send;
+    /// Note that we hold data for a directory (or that it is deleted): the scheduler compares
+    /// this registry with WorkOS's list of directories.
+    fn register(&self, entry: &Registered) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The registry, in directory id order.
+    fn registered(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Stored<Registered>, StoreError>> + Send;
     /// Keep a finished run's summary (for operators; expires).
     fn put_run(&self, dir: &str, run: &RunSummary) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// A directory in the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Registered {
+    pub directory_id: String,
+    pub organization_id: Option<String>,
+    pub deleted: bool,
 }
 
 /// Most writes in one commit (DynamoDB: 100 items per transaction, one is the fence check).

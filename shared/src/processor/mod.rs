@@ -82,12 +82,20 @@ struct Claimed {
     asked: Asked,
 }
 
+/// Our own messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Own {
+    Continue,
+    Reconcile,
+    Purge,
+}
+
 /// Everything a batch asks of one directory.
 #[derive(Debug, Default)]
 struct DirWork {
     events: Vec<Claimed>,
-    /// Continuations and reconcile requests: (record index, is a request).
-    own: Vec<(usize, bool)>,
+    /// Continuations and requests, by record index.
+    own: Vec<(usize, Own)>,
 }
 
 /// The processor, generic over its ports.
@@ -148,7 +156,7 @@ where
 
         // 1. Parse. A second copy of an event id in the same batch shares the first copy's fate.
         let mut events = Vec::new();
-        let mut own: Vec<(usize, String, bool)> = Vec::new();
+        let mut own: Vec<(usize, String, Own)> = Vec::new();
         let mut first_of: HashMap<String, usize> = HashMap::new();
         let mut copies: Vec<(usize, usize)> = Vec::new();
         for (i, r) in records.iter().enumerate() {
@@ -160,8 +168,10 @@ where
                         events.push((i, ev));
                     }
                 },
-                Some(Ok(Message::Continue { directory_id })) => own.push((i, directory_id, false)),
-                Some(Ok(Message::Request { directory_id, .. })) => own.push((i, directory_id, true)),
+                Some(Ok(Message::Continue { directory_id })) => own.push((i, directory_id, Own::Continue)),
+                Some(Ok(Message::Request {
+                    directory_id, purge, ..
+                })) => own.push((i, directory_id, if purge { Own::Purge } else { Own::Reconcile })),
                 Some(Err(e)) => outcomes[i] = Some(self.invalid(&records[i], &e.to_string(), expires_at).await),
                 None => outcomes[i] = Some(self.invalid(&records[i], "empty body", expires_at).await),
             }
@@ -248,8 +258,8 @@ where
                 }
             }
         }
-        for (i, dir, is_request) in own {
-            dirs.entry(dir).or_default().own.push((i, is_request));
+        for (i, dir, kind) in own {
+            dirs.entry(dir).or_default().own.push((i, kind));
         }
 
         // 4. Each directory's work, several directories at once.
@@ -336,11 +346,13 @@ where
                 hint = Some(hint.map_or(t, |h| h.max(t)));
             }
         }
-        for (_, is_request) in &work.own {
-            if *is_request {
-                requests.push(Request::Full {
+        for (_, kind) in &work.own {
+            match kind {
+                Own::Reconcile => requests.push(Request::Full {
                     after: self.clock.now(),
-                });
+                }),
+                Own::Purge => requests.push(Request::Purge),
+                Own::Continue => {}
             }
         }
         // When the latest was queued; unknown for one means unknown for the lot.
