@@ -521,6 +521,8 @@ pub struct Knobs {
     pub dup_rate: f64,
     pub latency_ms: u64,
     pub tick_ms: u64,
+    /// With real I/O (moto, HTTP): wait this long per tick, and bound settling by wall time.
+    pub real_tick: Option<Duration>,
 }
 
 impl Default for Knobs {
@@ -534,6 +536,7 @@ impl Default for Knobs {
             dup_rate: 0.15,
             latency_ms: 3,
             tick_ms: 2,
+            real_tick: None,
         }
     }
 }
@@ -872,7 +875,10 @@ where
         });
         self.clock.advance(Duration::from_millis(self.knobs.tick_ms));
         // Let real I/O (moto, HTTP) make progress.
-        tokio::task::yield_now().await;
+        match self.knobs.real_tick {
+            Some(d) if !self.in_flight.is_empty() => tokio::time::sleep(d).await,
+            _ => tokio::task::yield_now().await,
+        }
     }
 
     fn start(&mut self, msgs: Vec<dsync::adapters::memory::MemMessage>) {
@@ -994,11 +1000,16 @@ where
 
     async fn run_until_empty(&mut self, max_ticks: u64) -> Result<(), String> {
         let start = self.ticks;
+        let wall = std::time::Instant::now();
         loop {
             if self.queue.is_empty() && self.in_flight.is_empty() {
                 return Ok(());
             }
-            if self.ticks - start > max_ticks {
+            let over = match self.knobs.real_tick {
+                Some(_) => wall.elapsed() > Duration::from_secs(180),
+                None => self.ticks - start > max_ticks,
+            };
+            if over {
                 let mut dump = String::new();
                 for d in &self.dirs {
                     let f = self.state.fence(d).await.ok().flatten();

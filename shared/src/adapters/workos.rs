@@ -55,6 +55,8 @@ pub struct WorkosConfig {
     pub directory_users_min_interval: Duration,
     /// Time before `budget.deadline` that no wait or request may cross (left for the caller).
     pub deadline_margin: Duration,
+    /// `limit` of list requests (WorkOS's maximum, 100; smaller only to exercise paging).
+    pub page_limit: u32,
 }
 
 impl WorkosConfig {
@@ -81,6 +83,7 @@ impl Default for WorkosConfig {
             max_backoff: Duration::from_secs(5),
             directory_users_min_interval: Duration::from_millis(260),
             deadline_margin: Duration::from_millis(1500),
+            page_limit: PAGE_LIMIT,
         }
     }
 }
@@ -97,6 +100,7 @@ impl fmt::Debug for WorkosConfig {
             .field("max_backoff", &self.max_backoff)
             .field("directory_users_min_interval", &self.directory_users_min_interval)
             .field("deadline_margin", &self.deadline_margin)
+            .field("page_limit", &self.page_limit)
             .finish()
     }
 }
@@ -634,7 +638,7 @@ impl WorkosClient {
         budget: &CallBudget,
     ) -> Result<Option<Page<W>>, ApiError> {
         let url = self.url(route, None)?;
-        let limit = PAGE_LIMIT.to_string();
+        let limit = self.inner.config.page_limit.clamp(1, PAGE_LIMIT).to_string();
         let mut query: Vec<(&str, &str)> = vec![filter, ("limit", &limit)];
         if let Some(cursor) = after {
             query.push(("after", cursor));
