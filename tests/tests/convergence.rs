@@ -31,14 +31,14 @@ fn op() -> impl Strategy<Value = Op> {
         5 => (any::<u8>(), any::<u8>()).prop_map(|(user, group)| Op::AddMember { user, group }),
         4 => (any::<u8>(), any::<u8>()).prop_map(|(user, group)| Op::RemoveMember { user, group }),
         1 => Just(Op::DeleteDirectory { dir: 0 }).prop_flat_map(|_| any::<u8>().prop_map(|dir| Op::DeleteDirectory { dir })),
-        2 => any::<u8>().prop_map(|dir| Op::Reconcile { dir }),
+        4 => any::<u8>().prop_map(|dir| Op::Reconcile { dir }),
         6 => (1u8..20).prop_map(|ticks| Op::Work { ticks }),
         1 => any::<u8>().prop_map(|secs| Op::Sleep { secs }),
     ]
 }
 
 fn script() -> impl Strategy<Value = (Vec<Op>, u64)> {
-    (proptest::collection::vec(op(), 3..40), any::<u64>())
+    (proptest::collection::vec(op(), 3..60), any::<u64>())
 }
 
 const START: EpochMillis = EpochMillis(1_800_000_000_000);
@@ -188,7 +188,10 @@ fn the_view_converges_end_to_end_on_moto_and_the_http_sandbox() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| fastrand::u64(..));
     println!("convergence (moto + HTTP sandbox): {n} cases, seed {seed} (replay with CONVERGENCE_SEED={seed})");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let mut rng = fastrand::Rng::with_seed(seed);
     let started = std::time::Instant::now();
     let mut invocations = 0;

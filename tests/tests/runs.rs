@@ -1075,3 +1075,144 @@ async fn an_initial_sync_costs_list_pages_not_per_user_gets() {
         assert_eq!(stack.user(&seeded.directory_id, u).await.entitlements, granted);
     }
 }
+
+/// Run 2, second half: a reconcile's sweep removes what its listing did not see, but only facts
+/// older than that listing. A user refresh that added the membership after the listing began
+/// (an event applied between the listing and the sweep) must survive the sweep.
+#[tokio::test]
+async fn run2b_a_sweep_never_undoes_a_newer_read() {
+    use dsync::model::{fingerprint, GroupRecord, UserRecord};
+    use dsync::ports::state::{CtlChange, Fence, Job, JobKind, Phase, RunStats, SeenPage, Write};
+    let clock = ManualClock::at(EpochMillis(1_800_000_000_000));
+    let t = |ms: u64| EpochMillis(1_800_000_000_000 + ms);
+    let truth = Arc::new(Mutex::new(Store::default()));
+    let seeded = truth.lock().expect("lock").seed(
+        &SeedSpec::new("Sweep").group("Platform Admins", 1).extra_users(1),
+        clock.now(),
+    );
+    let (dir, gid) = (seeded.directory_id.clone(), seeded.groups[0].id.clone());
+    let (listed, joined) = (seeded.groups[0].user_ids[0].clone(), seeded.extra_user_ids[0].clone());
+    truth
+        .lock()
+        .expect("lock")
+        .add_member(&joined, &gid, t(50))
+        .expect("join");
+    let state = MemState::new();
+    let salt = "00aa";
+    // A reconcile in its sweep: the group's member listing began at t(10) and saw `listed` only.
+    let job = Job {
+        id: "r1".into(),
+        kind: JobKind::Reconcile,
+        started_at: t(0).0,
+        phase: Phase::SweepMembers {
+            group_after: None,
+            after: None,
+        },
+        salt: salt.into(),
+        stats: RunStats::default(),
+        chunks: 1,
+        initial: false,
+    };
+    let v = state
+        .put_fence(
+            &dir,
+            &Fence {
+                job: Some(job),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .expect("fence")
+        .expect("created");
+    state
+        .change_ctl(&dir, &CtlChange::Organization(seeded.organization_id.clone()))
+        .await
+        .expect("org");
+    state
+        .put_seen(
+            &dir,
+            "r1",
+            &format!("m#{gid}"),
+            0,
+            &SeenPage {
+                started: t(10),
+                hashes: vec![fingerprint(salt.as_bytes(), &listed)],
+                ids: Vec::new(),
+                last: true,
+            },
+        )
+        .await
+        .expect("seen");
+    // `joined` joined at t(50); a user refresh that began at t(60) stored it.
+    let mut group = GroupRecord::new(gid.clone());
+    group.observe(Some("Platform Admins"), t(0));
+    let member = |uid: &str, at: EpochMillis| {
+        let mut u = UserRecord::new(uid);
+        u.observe_state(&dsync::directory::UserState::Active, at);
+        u.observe_member(&gid, true, at);
+        u.entitlements.insert("admin-console".into());
+        u.computed_at = Some(at);
+        u
+    };
+    let writes = vec![
+        Write::Group {
+            record: group,
+            expect: None,
+        },
+        Write::User {
+            record: member(&listed, t(10)),
+            expect: None,
+        },
+        Write::User {
+            record: member(&joined, t(60)),
+            expect: None,
+        },
+        Write::Member {
+            group_id: gid.clone(),
+            user_id: listed.clone(),
+            present: true,
+        },
+        Write::Member {
+            group_id: gid.clone(),
+            user_id: joined.clone(),
+            present: true,
+        },
+    ];
+    state.commit(&dir, v, writes).await.expect("commit");
+
+    clock.set(t(100));
+    let rules = Rules::parse(&org_rule(&seeded.organization_id, "Platform Admins", "admin-console")).expect("rules");
+    let p = Processor::new(
+        DirectApi::new(truth, 100),
+        MemClaims::new(),
+        state.clone(),
+        MemQueue::new(clock.clone(), Duration::from_secs(30), 100),
+        clock.clone(),
+        ProcessorConfig::with_rules(rules),
+    );
+    let ran = p
+        .engine()
+        .run(
+            &dir,
+            &[],
+            &Default::default(),
+            clock.now().saturating_add(Duration::from_secs(60)),
+        )
+        .await
+        .expect("sweep");
+    assert!(matches!(ran, Ran::Worked(_)), "{ran:?}");
+    let kept = state.users(&dir, std::slice::from_ref(&joined)).await.expect("read")[0]
+        .value
+        .clone();
+    assert!(kept.is_member(&gid), "the sweep undid a newer read: {kept:?}");
+    assert!(kept.entitlements.contains("admin-console"));
+    assert!(
+        state
+            .fence(&dir)
+            .await
+            .expect("fence")
+            .is_some_and(|f| f.value.job.is_none()),
+        "the run finished"
+    );
+}
