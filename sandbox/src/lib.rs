@@ -41,7 +41,7 @@ pub use error::SandboxError;
 pub use events::Event;
 pub use faults::{Fault, ANY_ROUTE};
 pub use model::{Directory, Group, User, UserState};
-pub use state::{GroupSpec, NewUser, SeedSpec, Seeded, SeededGroup, Store, UserUpdate};
+pub use state::{GroupSpec, NewUser, ScaleSeeded, ScaleSpec, SeedSpec, Seeded, SeededGroup, Store, UserUpdate};
 pub use stats::CallStat;
 
 use delivery::Delivery;
@@ -232,6 +232,11 @@ impl Sandbox {
     }
 
     // ---- mutations (each records the events WorkOS would emit) ---------------------------------
+
+    /// A large directory for benchmarks, without events (see [`Store::seed_scale`]).
+    pub fn seed_scale(&self, spec: &ScaleSpec) -> ScaleSeeded {
+        self.shared.mutate(|s, now| s.seed_scale(spec, now))
+    }
 
     /// Create a directory with groups, users and memberships (`dsync.activated`, then the events
     /// of an initial sync).

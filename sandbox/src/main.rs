@@ -3,7 +3,9 @@
 //! Environment: `SANDBOX_ADDR` (default 127.0.0.1:4100), `SANDBOX_API_KEY` (default
 //! `sk_test_sandbox`), `SANDBOX_WEBHOOK_URL` + `SANDBOX_WEBHOOK_SECRET` (deliver events there),
 //! `SANDBOX_SEED` (e.g. `2x10`: one directory with 2 groups of 10 users), `SANDBOX_RATE_LIMIT`
-//! (per-directory `/directory_users` requests per second; `0` disables; default 4).
+//! (per-directory `/directory_users` requests per window; `0` disables; default 4),
+//! `SANDBOX_RATE_WINDOW_MS` (that window, default 1000; the per-key limit's window is 60 of them),
+//! `SANDBOX_KEY_LIMIT` (requests per key window; `0` disables; default 6000).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -39,6 +41,14 @@ fn config() -> Result<(SandboxConfig, Option<(usize, usize)>), String> {
     if let Some(rl) = env("SANDBOX_RATE_LIMIT") {
         let n: u32 = rl.parse().map_err(|e| format!("SANDBOX_RATE_LIMIT {rl:?}: {e}"))?;
         config.rate_limit_per_sec = (n > 0).then_some(n);
+    }
+    if let Some(w) = env("SANDBOX_RATE_WINDOW_MS") {
+        let ms: u64 = w.parse().map_err(|e| format!("SANDBOX_RATE_WINDOW_MS {w:?}: {e}"))?;
+        config.rate_window = std::time::Duration::from_millis(ms.max(1));
+    }
+    if let Some(k) = env("SANDBOX_KEY_LIMIT") {
+        let n: u32 = k.parse().map_err(|e| format!("SANDBOX_KEY_LIMIT {k:?}: {e}"))?;
+        config.key_limit_per_minute = (n > 0).then_some(n);
     }
     let seed = match env("SANDBOX_SEED") {
         Some(s) => Some(parse_seed(&s).ok_or_else(|| format!("SANDBOX_SEED {s:?}: expected GROUPSxUSERS, e.g. 2x10"))?),

@@ -81,6 +81,28 @@ pub struct SeededGroup {
     pub user_ids: Vec<String>,
 }
 
+/// What [`Store::seed_scale`] makes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleSpec {
+    pub name: String,
+    pub users: usize,
+    pub groups: usize,
+    pub memberships: usize,
+    /// Members of the first group.
+    pub biggest: usize,
+}
+
+/// What [`Store::seed_scale`] made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScaleSeeded {
+    pub directory_id: String,
+    pub organization_id: String,
+    pub group_ids: Vec<String>,
+    /// Members of each group, in `group_ids` order.
+    pub group_sizes: Vec<usize>,
+    pub user_ids: Vec<String>,
+}
+
 /// A user to create.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -131,6 +153,8 @@ pub struct Store {
     /// (user id, group id)
     memberships: BTreeSet<(String, String)>,
     pub(crate) events: Vec<Event>,
+    /// Events are not kept while this is set (seeding a large directory quietly).
+    quiet: bool,
 }
 
 fn not_found(kind: &str, id: &str) -> SandboxError {
@@ -214,6 +238,9 @@ impl Store {
     // ---- recording -----------------------------------------------------------------------
 
     fn record(&mut self, name: &str, data: Value, organization_id: &str, now: EpochMillis) {
+        if self.quiet {
+            return;
+        }
         let id = self.ids.next("event");
         self.events.push(Event {
             id,
@@ -230,6 +257,113 @@ impl Store {
     }
 
     // ---- mutations -----------------------------------------------------------------------
+
+    /// A large directory for benchmarks, made without recording events (as if it had been
+    /// connected before the pipeline was deployed): `users` users, `groups` groups, about
+    /// `memberships` memberships of which `biggest` are in the first group.
+    pub fn seed_scale(&mut self, spec: &ScaleSpec, now: EpochMillis) -> ScaleSeeded {
+        self.quiet = true;
+        let seeded = self.seed(&SeedSpec::new(spec.name.clone()), now);
+        let dir = seeded.directory_id.clone();
+        let group_ids: Vec<String> = (0..spec.groups.max(1))
+            .map(|i| self.insert_group(&dir, &format!("Group {i}"), now))
+            .collect();
+        let user_ids: Vec<String> = (0..spec.users)
+            .filter_map(|_| self.create_generated_user(&dir, now))
+            .collect();
+        let n = user_ids.len().max(1);
+        for uid in user_ids.iter().take(spec.biggest) {
+            let _ = self.add_member(uid, &group_ids[0], now);
+        }
+        let others = group_ids.len().saturating_sub(1).max(1);
+        for j in 0..spec.memberships.saturating_sub(spec.biggest) {
+            let u = &user_ids[j % n];
+            let g = &group_ids[(1 + (j / n + j * 7919) % others).min(group_ids.len() - 1)];
+            let _ = self.add_member(u, g, now);
+        }
+        self.quiet = false;
+        ScaleSeeded {
+            group_sizes: group_ids.iter().map(|g| self.members_of(g).len()).collect(),
+            directory_id: dir,
+            organization_id: seeded.organization_id,
+            group_ids,
+            user_ids,
+        }
+    }
+
+    /// Change `n` memberships of a directory at random (half removed, half added), with their
+    /// events. Returns how many changed.
+    pub fn churn(&mut self, directory_id: &str, n: usize, seed: u64, now: EpochMillis) -> usize {
+        let users: Vec<String> = self
+            .users
+            .values()
+            .filter(|u| u.directory_id == directory_id)
+            .map(|u| u.id.clone())
+            .collect();
+        let groups: Vec<String> = self
+            .groups
+            .values()
+            .filter(|g| g.directory_id == directory_id)
+            .map(|g| g.id.clone())
+            .collect();
+        if users.is_empty() || groups.is_empty() {
+            return 0;
+        }
+        let existing: Vec<(String, String)> = self
+            .memberships
+            .iter()
+            .filter(|(u, _)| self.users.get(u).is_some_and(|x| x.directory_id == directory_id))
+            .cloned()
+            .collect();
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut changed = 0;
+        for _ in 0..n / 2 {
+            if existing.is_empty() {
+                break;
+            }
+            let (u, g) = &existing[rng.usize(..existing.len())];
+            if self.remove_member(u, g, now).unwrap_or(false) {
+                changed += 1;
+            }
+        }
+        let mut tries = 0;
+        while changed < n && tries < n * 10 {
+            tries += 1;
+            let u = &users[rng.usize(..users.len())];
+            let g = &groups[rng.usize(..groups.len())];
+            if self.add_member(u, g, now).unwrap_or(false) {
+                changed += 1;
+            }
+        }
+        changed
+    }
+
+    /// `n` new users of a directory, each added to `group_id` (the events of an onboarding).
+    pub fn burst(
+        &mut self,
+        directory_id: &str,
+        group_id: &str,
+        n: usize,
+        now: EpochMillis,
+    ) -> Result<Vec<String>, SandboxError> {
+        if self.group(group_id).is_none() {
+            return Err(not_found("directory group", group_id));
+        }
+        let mut ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            let uid = self
+                .create_generated_user(directory_id, now)
+                .ok_or_else(|| not_found("directory", directory_id))?;
+            self.add_member(&uid, group_id, now)?;
+            ids.push(uid);
+        }
+        Ok(ids)
+    }
+
+    /// Stop (or resume) recording events.
+    pub fn set_quiet(&mut self, quiet: bool) {
+        self.quiet = quiet;
+    }
 
     /// Create a linked directory (`dsync.activated`), its groups, users and memberships, with the
     /// events an initial sync produces.

@@ -811,7 +811,8 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
             .as_ref()
             .map_or_else(|| GroupRecord::new(gid), |g| g.value.clone());
         let (applied, changed) = rec.observe(name, at);
-        if !applied || before.as_ref().is_some_and(|b| b.value == rec) {
+        // Seeing the same name again is no change: nothing is written (writes follow change).
+        if !applied || (before.is_some() && !changed) {
             return Ok(false);
         }
         if changed {
@@ -1156,17 +1157,26 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
         for (l, u) in loaded.iter_mut().zip(users) {
             let created = l.before.is_none();
             let state_changed = l.rec.observe_state(&u.state, t);
+            let mut hashes_changed = false;
             if u.email_hash.is_some() && l.rec.email_hash != u.email_hash {
                 l.rec.email_hash.clone_from(&u.email_hash);
+                hashes_changed = true;
             }
             if u.idp_hash.is_some() && l.rec.idp_hash != u.idp_hash {
                 l.rec.idp_hash.clone_from(&u.idp_hash);
+                hashes_changed = true;
             }
             let mut member_changed = false;
             if let Some(gid) = member_of {
                 member_changed = l.rec.observe_member(gid, true, t);
             }
             let stale = l.rec.rules_fp != self.e.rules_fp || self.behind_groups(&l.rec);
+            if !(created || state_changed || member_changed || stale || hashes_changed) {
+                // The listing saw what is stored: no write. (The stored observation time stays
+                // that of the last change, which is what a later sweep is fenced against.)
+                l.rec = l.before.as_ref().map_or_else(|| l.rec.clone(), |b| b.value.clone());
+                continue;
+            }
             if created || state_changed || member_changed || stale {
                 let before = l.rec.entitlements.clone();
                 self.recompute(&mut l.rec);

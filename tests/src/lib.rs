@@ -392,4 +392,5 @@ pub mod stack {
     }
 }
 
+pub mod bench;
 pub mod sim;

@@ -24,6 +24,9 @@ use crate::{lock, Shared};
 pub(super) fn router() -> Router<App> {
     Router::new()
         .route("/_sandbox/seed", post(seed))
+        .route("/_sandbox/scale/seed", post(scale_seed))
+        .route("/_sandbox/scale/churn", post(scale_churn))
+        .route("/_sandbox/scale/burst", post(scale_burst))
         .route("/_sandbox/directories/{id}", delete(delete_directory))
         .route("/_sandbox/directories/{id}/users", post(create_user))
         .route("/_sandbox/directories/{id}/groups", post(create_group))
@@ -88,6 +91,44 @@ async fn seed(State(app): State<App>, raw: Bytes) -> Response {
     let spec: SeedSpec = json_body!(raw);
     let seeded = app.mutate(|s, now| s.seed(&spec, now));
     respond(StatusCode::CREATED, json!(seeded))
+}
+
+/// A large directory, without events (benchmarks): `ScaleSpec`.
+async fn scale_seed(State(app): State<App>, raw: Bytes) -> Response {
+    let spec: crate::state::ScaleSpec = json_body!(raw);
+    let seeded = app.mutate(|s, now| s.seed_scale(&spec, now));
+    respond(StatusCode::CREATED, json!(seeded))
+}
+
+#[derive(serde::Deserialize)]
+struct Churn {
+    directory: String,
+    /// Memberships to change: half removed, half added.
+    memberships: usize,
+    seed: u64,
+}
+
+/// Change memberships of a directory at random, recording their events (benchmarks).
+async fn scale_churn(State(app): State<App>, raw: Bytes) -> Response {
+    let c: Churn = json_body!(raw);
+    let changed = app.mutate(|s, now| s.churn(&c.directory, c.memberships, c.seed, now));
+    respond(StatusCode::OK, json!({ "changed": changed }))
+}
+
+#[derive(serde::Deserialize)]
+struct Burst {
+    directory: String,
+    group: String,
+    users: usize,
+}
+
+/// An onboarding burst: `users` new users, each added to `group` (2 events per user).
+async fn scale_burst(State(app): State<App>, raw: Bytes) -> Response {
+    let b: Burst = json_body!(raw);
+    match app.mutate(|s, now| s.burst(&b.directory, &b.group, b.users, now)) {
+        Ok(ids) => respond(StatusCode::OK, json!({ "user_ids": ids })),
+        Err(e) => error(&e),
+    }
 }
 
 async fn delete_directory(State(app): State<App>, Path(id): Path<String>) -> Response {

@@ -72,6 +72,27 @@ impl MemState {
         (d.users.len(), d.groups.len(), d.members.len())
     }
 
+    /// What the stored items weigh, as DynamoDB counts item sizes (users, groups, index).
+    pub fn bytes(&self) -> usize {
+        let d = lock(&self.data);
+        let users: usize = d
+            .users
+            .iter()
+            .map(|((dir, _), u)| item_size(&codec::user(dir, &u.value, u.version)))
+            .sum();
+        let groups: usize = d
+            .groups
+            .iter()
+            .map(|((dir, _), g)| item_size(&codec::group(dir, &g.value, g.version)))
+            .sum();
+        let members: usize = d
+            .members
+            .iter()
+            .map(|(dir, g, u)| item_size(&codec::member(dir, g, u)))
+            .sum();
+        users + groups + members
+    }
+
     /// The finished runs kept so far.
     pub fn runs(&self) -> Vec<(String, RunSummary)> {
         lock(&self.data).runs.clone()
