@@ -3,8 +3,8 @@
 //!
 //! - core logic: [`signature`], [`event`], [`plan`], [`rules`], [`model`], [`engine`],
 //!   [`processor`], [`receiver`], [`view`]
-//! - ports: [`ports`] (directory API, claim store, state store, work queue, rate budget) and
-//!   [`clock`]
+//! - ports: [`ports`] (directory API and listing, Events API, claim store, state store with the
+//!   stream cursor, work queue and outbox, rate budget) and [`clock`]
 //! - adapters: [`adapters`] (`dynamo_*`, `workos`, `memory`) and [`queue`] (the receiver's SQS)
 //! - [`conformance`]: the suite every store adapter must pass
 

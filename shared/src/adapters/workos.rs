@@ -1,4 +1,5 @@
-//! The WorkOS Directory Sync adapter: [`DirectoryApi`] over HTTPS with reqwest (rustls).
+//! The WorkOS Directory Sync adapter: [`DirectoryApi`], [`DirectoryList`] and [`EventsApi`] over
+//! HTTPS with reqwest (rustls).
 //!
 //! What it does on every request (workos-api.md §3, §6, §7):
 //! - counts the request in the caller's [`CallBudget`] and never waits past its deadline (minus a
@@ -22,9 +23,12 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::clock::{Clock, EpochMillis};
-use crate::directory::{ApiError, CallBudget, DirGroup, DirInfo, DirUser, DirectoryApi, Listing, Page, UserState};
+use crate::directory::{
+    ApiError, CallBudget, DirGroup, DirInfo, DirUser, DirectoryApi, DirectoryList, Listing, Page, UserState,
+};
 use crate::model::{email_hash, idp_hash};
 use crate::ports::budget::{RateBudget, Unlimited};
+use crate::ports::events::{EventsApi, EventsCursor, RawEvent};
 use crate::secrets::{CachedSecret, Refresh, DEFAULT_REFRESH_INTERVAL};
 
 /// `limit` sent on every list request (WorkOS's maximum).
@@ -143,6 +147,16 @@ const GET_GROUP: Route = Route {
 const GET_DIRECTORY: Route = Route {
     template: "GET /directories/{id}",
     collection: "directories",
+    paced: false,
+};
+const LIST_DIRECTORIES: Route = Route {
+    template: "GET /directories",
+    collection: "directories",
+    paced: false,
+};
+const LIST_EVENTS: Route = Route {
+    template: "GET /events",
+    collection: "events",
     paced: false,
 };
 
@@ -691,6 +705,35 @@ impl WorkosClient {
     }
 }
 
+impl WorkosClient {
+    /// One page of an unfiltered list (`query` besides `limit`), with the repeating-cursor check.
+    async fn plain_page<W: DeserializeOwned>(
+        &self,
+        route: Route,
+        query: &[(&str, &str)],
+        after: Option<&str>,
+        budget: &CallBudget,
+    ) -> Result<Page<W>, ApiError> {
+        let url = self.url(route, None)?;
+        // A 404 on a list is an error here (no filter object that could be gone).
+        let body = self
+            .fetch(route, url, query, "", false, budget)
+            .await?
+            .ok_or_else(|| ApiError::BadResponse(format!("{} answered 404", route.template)))?;
+        let page: ListPage<W> = parse_body(route, &body)?;
+        if after.is_some() && page.list_metadata.after.as_deref() == after {
+            return Err(ApiError::BadResponse(format!(
+                "{} returned the cursor it was given",
+                route.template
+            )));
+        }
+        Ok(Page {
+            items: page.data,
+            after: page.list_metadata.after,
+        })
+    }
+}
+
 fn transport_failure(route: Route, e: &reqwest::Error, attempt: u32) -> Attempt {
     let error = if e.is_timeout() {
         ApiError::Timeout
@@ -802,6 +845,16 @@ struct WireDirectory {
     state: Option<String>,
 }
 
+impl From<WireDirectory> for DirInfo {
+    fn from(d: WireDirectory) -> Self {
+        DirInfo {
+            id: d.id,
+            organization_id: d.organization_id.filter(|o| !o.is_empty()),
+            state: d.state.unwrap_or_default(),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct WireGroup {
     id: String,
@@ -867,11 +920,7 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
 impl DirectoryApi for WorkosClient {
     async fn get_directory(&self, directory_id: &str, budget: &CallBudget) -> Result<Option<DirInfo>, ApiError> {
         let w: Option<WireDirectory> = self.get_one(GET_DIRECTORY, directory_id, directory_id, budget).await?;
-        Ok(w.map(|d| DirInfo {
-            id: d.id,
-            organization_id: d.organization_id.filter(|o| !o.is_empty()),
-            state: d.state.unwrap_or_default(),
-        }))
+        Ok(w.map(DirInfo::from))
     }
 
     async fn get_user(
@@ -945,6 +994,63 @@ impl DirectoryApi for WorkosClient {
 
     fn pace_from(&self, directory_id: &str, at: EpochMillis) {
         self.push_slot(directory_id, at);
+    }
+}
+
+impl DirectoryList for WorkosClient {
+    async fn directories_page(&self, after: Option<&str>, budget: &CallBudget) -> Result<Page<DirInfo>, ApiError> {
+        let limit = PAGE_LIMIT.to_string();
+        let mut query: Vec<(&str, &str)> = vec![("limit", &limit)];
+        if let Some(a) = after {
+            query.push(("after", a));
+        }
+        let page: Page<WireDirectory> = self.plain_page(LIST_DIRECTORIES, &query, after, budget).await?;
+        Ok(Page {
+            items: page.items.into_iter().map(DirInfo::from).collect(),
+            after: page.after,
+        })
+    }
+}
+
+impl EventsApi for WorkosClient {
+    async fn events_page(
+        &self,
+        types: &[&str],
+        cursor: EventsCursor,
+        limit: u32,
+        budget: &CallBudget,
+    ) -> Result<Page<RawEvent>, ApiError> {
+        let events = types.join(",");
+        let limit = limit.clamp(1, PAGE_LIMIT).to_string();
+        let mut query: Vec<(&str, &str)> = vec![("events", &events), ("limit", &limit)];
+        // Never both: WorkOS refuses `range_start` with `after`.
+        let start;
+        let after = match &cursor {
+            EventsCursor::After(id) => {
+                query.push(("after", id));
+                Some(id.as_str())
+            }
+            EventsCursor::RangeStart(t) => {
+                start = crate::event::format_created_at(*t);
+                query.push(("range_start", &start));
+                None
+            }
+        };
+        let page: Page<Box<serde_json::value::RawValue>> = self.plain_page(LIST_EVENTS, &query, after, budget).await?;
+        let mut items = Vec::with_capacity(page.items.len());
+        for raw in page.items {
+            match RawEvent::parse(raw.get().to_owned()) {
+                Ok(e) => items.push(e),
+                // Logged without the event (it may carry names and e-mails).
+                Err(e) => {
+                    tracing::warn!(route = LIST_EVENTS.template, error = %e, "skipping an event that cannot be read")
+                }
+            }
+        }
+        Ok(Page {
+            items,
+            after: page.after,
+        })
     }
 }
 
