@@ -1378,4 +1378,94 @@ mod tests {
         assert!(matches!(r, Err(ApiError::Transport(_))), "{r:?}");
         assert_eq!(b.calls(), 4);
     }
+
+    /// A server answering `body` to every request and recording each request's path and query.
+    async fn serve_recording(body: &'static str) -> (String, Arc<Mutex<Vec<String>>>) {
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = seen.clone();
+        let handler = move |uri: axum::http::Uri| {
+            let log = log.clone();
+            async move {
+                lock(&log).push(uri.to_string());
+                body
+            }
+        };
+        let app = axum::Router::new().fallback(handler);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (format!("http://{addr}"), seen)
+    }
+
+    #[tokio::test]
+    async fn events_are_asked_comma_joined_from_a_time_or_after_an_id_never_both() {
+        // Odd spacing and key order on purpose: the raw JSON must come back byte for byte.
+        const BODY: &str = r#"{"object":"list","data":[ {"object":"event", "id":"event_01","event":"dsync.user.created","data":{"directory_id":"directory_1","id":"u","email":"a@b.c"},"created_at":"2026-01-15T12:00:00.000Z"} ,{"object":"event","event":"dsync.user.updated","data":{}},{"id":"event_03","event":"dsync.deleted","data":{"object":"directory","id":"directory_2"},"created_at":"2026-01-15T12:00:01.000Z"}],"list_metadata":{"after":"event_03"}}"#;
+        let (base, seen) = serve_recording(BODY).await;
+        let c = client(base);
+        let b = budget(5);
+        let types = ["dsync.user.created", "dsync.user.updated"];
+        let t = EpochMillis(1_768_478_400_000);
+        let page = c
+            .events_page(&types, EventsCursor::RangeStart(t), 100, &b)
+            .await
+            .expect("page");
+        // The event without an id is skipped; the others keep their exact JSON.
+        assert_eq!(
+            page.items.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["event_01", "event_03"]
+        );
+        assert_eq!(
+            page.items[0].raw,
+            r#"{"object":"event", "id":"event_01","event":"dsync.user.created","data":{"directory_id":"directory_1","id":"u","email":"a@b.c"},"created_at":"2026-01-15T12:00:00.000Z"}"#
+        );
+        assert_eq!(page.items[0].directory_id.as_deref(), Some("directory_1"));
+        assert_eq!(page.items[0].created_at, Some(t));
+        assert_eq!(page.items[1].directory_id.as_deref(), Some("directory_2"));
+        assert_eq!(page.after.as_deref(), Some("event_03"));
+        // Asked after event_03, the server hands the same cursor back: a bad response, not an
+        // endless walk.
+        let r = c
+            .events_page(&types, EventsCursor::After("event_03".into()), 500, &b)
+            .await;
+        assert!(matches!(r, Err(ApiError::BadResponse(_))), "{r:?}");
+        let seen = lock(&seen).clone();
+        assert_eq!(
+            seen,
+            [
+                "/events?events=dsync.user.created%2Cdsync.user.updated&limit=100&range_start=2026-01-15T12%3A00%3A00.000Z",
+                "/events?events=dsync.user.created%2Cdsync.user.updated&limit=100&after=event_03",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn directories_are_listed_with_their_state() {
+        const BODY: &str = r#"{"object":"list","data":[{"object":"directory","id":"directory_1","organization_id":"org_1","state":"linked","name":"Acme"},{"object":"directory","id":"directory_2","organization_id":"","state":"deleting"}],"list_metadata":{"before":null,"after":null}}"#;
+        let (base, seen) = serve_recording(BODY).await;
+        let b = budget(5);
+        let page = client(base)
+            .directories_page(Some("directory_0"), &b)
+            .await
+            .expect("page");
+        assert_eq!(
+            page.items,
+            [
+                DirInfo {
+                    id: "directory_1".into(),
+                    organization_id: Some("org_1".into()),
+                    state: "linked".into()
+                },
+                DirInfo {
+                    id: "directory_2".into(),
+                    organization_id: None,
+                    state: "deleting".into()
+                }
+            ]
+        );
+        assert_eq!(page.after, None);
+        assert_eq!(lock(&seen).clone(), ["/directories?limit=100&after=directory_0"]);
+    }
 }
