@@ -17,9 +17,15 @@ AWS::Serverless::Function Policies):
   * no "?" wildcard in a Resource either (e.g. a secret name with "-??????");
   * webhook-receiver: sqs:SendMessage on the events queue, secretsmanager:GetSecretValue on exactly
     the secret its WORKOS_WEBHOOK_SECRET_ARN names, writes to its own log group, nothing else;
-  * event-processor: the listed DynamoDB actions on the two tables (+ gsi1 for Query), the SQS
-    event-source actions on the events queue, secretsmanager:GetSecretValue on exactly the secret
-    its WORKOS_API_KEY_SECRET_ARN names, writes to its own log group, nothing else.
+  * event-processor: the listed DynamoDB actions on the two tables (no index any more), the SQS
+    event-source actions and sqs:SendMessage (continuations) on the events queue,
+    secretsmanager:GetSecretValue on exactly the secret its WORKOS_API_KEY_SECRET_ARN names, writes
+    to its own log group, nothing else;
+  * events-poller: dynamodb GetItem/PutItem (cursor), Query (registry), UpdateItem (WorkOS budget) on
+    the state table only; scheduler: GetItem (fences), Query (registry), UpdateItem (budget) on the
+    state table only; both sqs:SendMessage on the events queue, GetSecretValue on exactly their API
+    key secret, writes to their own log group, nothing else; every function has its own role.
+  * the SAM-generated EventBridge Scheduler roles may only lambda:InvokeFunction their function.
 
 Secrets: no secret value in any function's environment. The functions read their secrets at run
 time; the environment holds only the secrets' ARNs (`*_SECRET_ARN`, a Ref to an ARN parameter with
@@ -43,6 +49,8 @@ sys.path.insert(0, HERE)
 
 RECEIVER_BIN = "webhook-receiver"
 PROCESSOR_BIN = "event-processor"
+POLLER_BIN = "events-poller"
+SCHEDULER_BIN = "scheduler"
 
 LOG_ACTIONS = {"logs:CreateLogStream", "logs:PutLogEvents"}
 SECRET_ACTIONS = {"secretsmanager:GetSecretValue"}
@@ -54,7 +62,12 @@ DDB_ACTIONS = {
 SQS_CONSUMER_ACTIONS = {
     "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility",
 }
-PROCESSOR_ACTIONS = DDB_ACTIONS | SQS_CONSUMER_ACTIONS | SECRET_ACTIONS | LOG_ACTIONS
+PROCESSOR_ACTIONS = DDB_ACTIONS | SQS_CONSUMER_ACTIONS | {"sqs:SendMessage"} | SECRET_ACTIONS | LOG_ACTIONS
+# The scheduled workers: what each may do on the state table, and nothing on any other table.
+WORKER_DDB = {
+    POLLER_BIN: {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query"},
+    SCHEDULER_BIN: {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Query"},
+}
 
 # The one documented wildcard: the log-stream suffix of a single, named log group.
 LOG_STREAM_RE = re.compile(
@@ -79,7 +92,17 @@ DYNAMIC_REF_RE = re.compile(r"\{\{resolve:", re.I)
 RECEIVER_ENV = {"EVENTS_QUEUE_URL", RECEIVER_SECRET_ENV, "WORKOS_SIGNATURE_TOLERANCE_SECS",
                 "WEBHOOK_PATH_TOKEN", "WORKOS_ALLOWED_IPS"}
 PROCESSOR_ENV = {"EVENTS_TABLE", "STATE_TABLE", PROCESSOR_SECRET_ENV, "WORKOS_API_BASE_URL",
-                 "ENTITLEMENT_RULES", "CLAIM_TTL_DAYS"}
+                 "ENTITLEMENT_RULES", "CLAIM_TTL_DAYS", "EVENTS_QUEUE_URL", "CHUNK_SECONDS",
+                 "DIRECTORY_CONCURRENCY", "WORKOS_KEY_RATE_PER_MINUTE"}
+WORKER_ENV = {"STATE_TABLE", "EVENTS_QUEUE_URL", PROCESSOR_SECRET_ENV, "WORKOS_API_BASE_URL",
+              "WORKOS_KEY_RATE_PER_MINUTE"}
+POLLER_ENV = WORKER_ENV | {"EVENTS_LOOKBACK_HOURS", "EVENTS_RETENTION_DAYS", "EVENTS_MAX_PAGES"}
+SCHEDULER_ENV = WORKER_ENV | {"SCHEDULER_STALE_JOB_MINUTES"}
+# Settings that are gone and must not come back.
+REMOVED_ENV = {"STORE_CONCURRENCY"}
+# (binary, schedule parameter, its default)
+SCHEDULES = ((POLLER_BIN, "EventsPollerSchedule", "rate(1 minute)"),
+             (SCHEDULER_BIN, "SchedulerSchedule", "rate(6 hours)"))
 
 SHORT_TAG_RE = re.compile(
     r"(^|[\s\[,:-])!(Ref|GetAtt|Sub|If|Join|Select|Split|Equals|Not|And|Or|FindInMap|Base64|Cidr|"
@@ -232,6 +255,32 @@ def role_of(fn):
     return ref_target((fn.get("Properties") or {}).get("Role"))
 
 
+def own_log_group(fn):
+    return ref_target(((fn.get("Properties") or {}).get("LoggingConfig") or {}).get("LogGroup"))
+
+
+def stmt_parts(st):
+    acts = {a for v in as_list(st.get("Action")) for a in strings_of(v)}
+    ress = [s for v in as_list(st.get("Resource")) for s in strings_of(v)]
+    return acts, ress
+
+
+def own_secret(fn, var):
+    """The one secret resource the function may read: what its *_SECRET_ARN variable names."""
+    val = ((fn.get("Properties") or {}).get("Environment") or {}).get("Variables", {}).get(var)
+    return strings_of(val)[0] if val is not None else None
+
+
+def check_secret_statement(who, acts, ress, secret):
+    out = []
+    if acts & SECRET_ACTIONS:
+        if acts != SECRET_ACTIONS:
+            out.append(f"{who} secret statement mixes actions: {sorted(acts)}")
+        if secret is None or ress != [secret]:
+            out.append(f"{who} secretsmanager:GetSecretValue resources {ress} != exactly its own secret {secret}")
+    return out
+
+
 def check_function_permissions(tpl, by_role):
     problems = []
     res = tpl.get("Resources", {})
@@ -243,31 +292,12 @@ def check_function_permissions(tpl, by_role):
     rrole, prole = role_of(rfn), role_of(pfn)
     if not rrole or not prole or rrole == prole:
         return [f"receiver and processor need their own explicit roles (got {rrole}, {prole})"]
+    owners = {}
     for lid, fn in resources(tpl, *FUNCTION_TYPES).items():
-        if lid not in (rid, pid) and role_of(fn) in (rrole, prole):
-            problems.append(f"{lid} shares a role with the receiver/processor")
-
-    def own_log_group(fn):
-        return ref_target(((fn.get("Properties") or {}).get("LoggingConfig") or {}).get("LogGroup"))
-
-    def stmt_parts(st):
-        acts = {a for v in as_list(st.get("Action")) for a in strings_of(v)}
-        ress = [s for v in as_list(st.get("Resource")) for s in strings_of(v)]
-        return acts, ress
-
-    def own_secret(fn, var):
-        """The one secret resource the function may read: what its *_SECRET_ARN variable names."""
-        val = ((fn.get("Properties") or {}).get("Environment") or {}).get("Variables", {}).get(var)
-        return strings_of(val)[0] if val is not None else None
-
-    def check_secret_statement(who, acts, ress, secret):
-        out = []
-        if acts & SECRET_ACTIONS:
-            if acts != SECRET_ACTIONS:
-                out.append(f"{who} secret statement mixes actions: {sorted(acts)}")
-            if secret is None or ress != [secret]:
-                out.append(f"{who} secretsmanager:GetSecretValue resources {ress} != exactly its own secret {secret}")
-        return out
+        role = role_of(fn)
+        if role in owners:
+            problems.append(f"{lid} shares role {role} with {owners[role]}: every function needs its own role")
+        owners[role] = lid
 
     # --- receiver
     queue_ref = ref_target(rfn["Properties"].get("Environment", {}).get("Variables", {}).get("EVENTS_QUEUE_URL"))
@@ -305,7 +335,7 @@ def check_function_permissions(tpl, by_role):
         if ref_target(esm["Properties"].get("FunctionName")) == pid:
             sqs_sources.add(ref_target(esm["Properties"].get("EventSourceArn")))
     sqs_sources.discard(None)
-    allowed_ddb = {"${%s.Arn}" % t for t in tables} | {"${%s.Arn}/index/gsi1" % t for t in tables}
+    allowed_ddb = {"${%s.Arn}" % t for t in tables}
     psecret = own_secret(pfn, PROCESSOR_SECRET_ENV)
     if psecret is not None and psecret == rsecret:
         problems.append(f"receiver and processor name the same secret {psecret}")
@@ -319,16 +349,18 @@ def check_function_permissions(tpl, by_role):
         if acts & DDB_ACTIONS:
             for s in ress:
                 if s not in allowed_ddb:
-                    problems.append(f"processor DynamoDB resource {s!r} is not one of the two tables / gsi1")
-                if "/index/" in s and acts != {"dynamodb:Query"}:
-                    problems.append(f"processor index resource {s!r} granted more than dynamodb:Query")
+                    problems.append(f"processor DynamoDB resource {s!r} is not one of the two tables")
         if acts & SQS_CONSUMER_ACTIONS:
             if not ress or any(s not in {"${%s.Arn}" % q for q in sqs_sources & set(queue_ids)} for s in ress):
                 problems.append(f"processor SQS resources {ress} are not its event source queue {sorted(sqs_sources)}")
+        if "sqs:SendMessage" in acts:
+            if ress != ["${%s.Arn}" % q for q in sorted(sqs_sources & set(queue_ids))]:
+                problems.append(f"processor sqs:SendMessage resources {ress} are not its event source queue")
         if acts & LOG_ACTIONS:
             if not ress or any("${%s}" % plog not in s and "${%s.Arn}" % plog != s for s in ress):
                 problems.append(f"processor log statement resources {ress} are not its own log group {plog}")
-        kinds = [acts & DDB_ACTIONS, acts & SQS_CONSUMER_ACTIONS, acts & SECRET_ACTIONS, acts & LOG_ACTIONS]
+        kinds = [acts & DDB_ACTIONS, acts & (SQS_CONSUMER_ACTIONS | {"sqs:SendMessage"}), acts & SECRET_ACTIONS,
+                 acts & LOG_ACTIONS]
         if sum(1 for k in kinds if k) > 1:
             problems.append(f"processor statement mixes services: {sorted(acts)}")
     if pactions - PROCESSOR_ACTIONS:
@@ -339,9 +371,77 @@ def check_function_permissions(tpl, by_role):
     return problems
 
 
+def check_worker_permissions(tpl, by_role, binary):
+    """A scheduled worker: its DynamoDB actions on the state table only, SendMessage on the events
+    queue, GetSecretValue on its API key secret, its own log group; each of these present, nothing else."""
+    lid, fn = function_by_bin(tpl, binary)
+    if not fn:
+        return [f"no function with BuildProperties.Binary {binary}"]
+    role = role_of(fn)
+    if not role:
+        return [f"{binary} has no explicit role"]
+    env = (fn.get("Properties") or {}).get("Environment", {}).get("Variables", {})
+    table, queue = ref_target(env.get("STATE_TABLE")), ref_target(env.get("EVENTS_QUEUE_URL"))
+    log, secret = own_log_group(fn), own_secret(fn, PROCESSOR_SECRET_ENV)
+    _, rfn = function_by_bin(tpl, RECEIVER_BIN)
+    if rfn and secret is not None and secret == own_secret(rfn, RECEIVER_SECRET_ENV):
+        problems = [f"{binary} names the webhook secret"]
+    else:
+        problems = []
+    ddb = WORKER_DDB[binary]
+    allowed = ddb | {"sqs:SendMessage"} | SECRET_ACTIONS | LOG_ACTIONS
+    actions = set()
+    for st in by_role.get(role, []):
+        acts, ress = stmt_parts(st)
+        actions |= acts
+        if st.get("Effect") != "Allow":
+            continue
+        if any(a.startswith("dynamodb:") for a in acts) and ress != ["${%s.Arn}" % table]:
+            problems.append(f"{binary} DynamoDB resources {ress} != the state table {table}")
+        if "sqs:SendMessage" in acts and ress != ["${%s.Arn}" % queue]:
+            problems.append(f"{binary} sqs:SendMessage resources {ress} != the events queue {queue}")
+        if acts & LOG_ACTIONS and (not ress or any("${%s}" % log not in s for s in ress)):
+            problems.append(f"{binary} log statement resources {ress} are not its own log group {log}")
+        problems.extend(check_secret_statement(binary, acts, ress, secret))
+        kinds = [a.split(":")[0] for a in acts]
+        if len(set(kinds)) > 1:
+            problems.append(f"{binary} statement mixes services: {sorted(acts)}")
+    if actions - allowed:
+        problems.append(f"{binary} role has unexpected actions: {sorted(actions - allowed)}")
+    if allowed - actions:
+        problems.append(f"{binary} role lacks: {sorted(allowed - actions)}")
+    return problems
+
+
+def check_schedule_roles(tpl):
+    """Roles SAM generates for ScheduleV2 events: lambda:InvokeFunction on their function, nothing else."""
+    problems = []
+    fn_ids = set(resources(tpl, *FUNCTION_TYPES))
+    for sid, sch in resources(tpl, "AWS::Scheduler::Schedule").items():
+        target = sch["Properties"].get("Target", {})
+        fn = ref_target(target.get("Arn"))
+        role = ref_target(target.get("RoleArn"))
+        if fn not in fn_ids:
+            problems.append(f"{sid}: schedule target {target.get('Arn')} is not a function of the stack")
+            continue
+        r = tpl["Resources"].get(role or "", {})
+        if r.get("Type") != "AWS::IAM::Role":
+            problems.append(f"{sid}: schedule role {role} is not a role of the stack")
+            continue
+        for pol in as_list(r["Properties"].get("Policies")):
+            for st in as_list(pol.get("PolicyDocument", {}).get("Statement")):
+                acts, ress = stmt_parts(st)
+                if acts != {"lambda:InvokeFunction"} or ress != ["${%s.Arn}" % fn]:
+                    problems.append(f"{sid}: schedule role {role} may {sorted(acts)} on {ress}")
+    return problems
+
+
 def check_iam(tpl):
     problems, by_role = collect_iam(tpl)
-    return problems + check_function_permissions(tpl, by_role)
+    problems += check_function_permissions(tpl, by_role)
+    for binary in (POLLER_BIN, SCHEDULER_BIN):
+        problems += check_worker_permissions(tpl, by_role, binary)
+    return problems + check_schedule_roles(tpl)
 
 
 # ----------------------------------------------------------------------------- other checks
@@ -400,7 +500,9 @@ def check_lambda_settings(tpl, raw):
     if arch.get("Default") != "arm64" or set(arch.get("AllowedValues", [])) != {"arm64", "x86_64"}:
         problems.append("Architecture parameter must default to arm64 and allow x86_64")
     for binary, tparam, tdefault, env_keys in ((RECEIVER_BIN, "ReceiverTimeout", 4, RECEIVER_ENV),
-                                               (PROCESSOR_BIN, "ProcessorTimeout", 60, PROCESSOR_ENV)):
+                                               (PROCESSOR_BIN, "ProcessorTimeout", 60, PROCESSOR_ENV),
+                                               (POLLER_BIN, "EventsPollerTimeout", 50, POLLER_ENV),
+                                               (SCHEDULER_BIN, "SchedulerTimeout", 300, SCHEDULER_ENV)):
         lid, fn = function_by_bin(tpl, binary)
         if not fn:
             problems.append(f"no function with BuildProperties.Binary {binary}")
@@ -433,10 +535,37 @@ def check_lambda_settings(tpl, raw):
         env = set((p.get("Environment") or {}).get("Variables") or {})
         if env_keys - env:
             problems.append(f"{lid}: missing env {sorted(env_keys - env)}")
+        if env & REMOVED_ENV:
+            problems.append(f"{lid}: env {sorted(env & REMOVED_ENV)} is gone from the code")
+    if param_default(tpl, "ProcessorMemorySize") != 256:
+        problems.append("ProcessorMemorySize default must be 256")
+    problems.extend(check_schedules(tpl, raw))
     if param_default(tpl, "ReceiverTimeout") is not None and not param_default(tpl, "ReceiverTimeout") < 5:
         problems.append("receiver timeout default must stay under WorkOS's 5 s")
     if param_default(tpl, "LogRetentionDays") != 30:
         problems.append("LogRetentionDays default must be 30")
+    return problems
+
+
+def check_schedules(tpl, raw):
+    """The poller and the scheduler each run on one EventBridge Scheduler schedule from a parameter."""
+    problems = []
+    for binary, param, default in SCHEDULES:
+        lid, fn = function_by_bin(tpl, binary)
+        if not fn:
+            continue
+        if param_default(tpl, param) != default:
+            problems.append(f"{param} must default to {default}")
+        if raw:
+            evs = [e for e in ((fn.get("Properties") or {}).get("Events") or {}).values()]
+            if len(evs) != 1 or evs[0].get("Type") != "ScheduleV2" or \
+                    evs[0].get("Properties", {}).get("ScheduleExpression") != {"Ref": param}:
+                problems.append(f"{lid}: needs exactly one ScheduleV2 event with ScheduleExpression Ref {param}")
+        else:
+            schedules = [r["Properties"] for r in resources(tpl, "AWS::Scheduler::Schedule").values()
+                         if ref_target(r["Properties"].get("Target", {}).get("Arn")) == lid]
+            if len(schedules) != 1 or schedules[0].get("ScheduleExpression") != {"Ref": param}:
+                problems.append(f"{lid}: expected one AWS::Scheduler::Schedule from {param}, found {schedules}")
     return problems
 
 
@@ -457,8 +586,8 @@ def check_queue(tpl, raw):
     if dlq.get("MessageRetentionPeriod") != 1209600:
         problems.append("DLQ MessageRetentionPeriod must be 1209600 (14 days)")
     mrc = q.get("RedrivePolicy", {}).get("maxReceiveCount")
-    if ref_target(mrc) not in params or param_default(tpl, ref_target(mrc)) != 5:
-        problems.append("RedrivePolicy.maxReceiveCount must be a parameter defaulting to 5")
+    if ref_target(mrc) not in params or param_default(tpl, ref_target(mrc)) != 20:
+        problems.append("RedrivePolicy.maxReceiveCount must be a parameter defaulting to 20 (deferred events come back)")
     # visibility >= 6 x processor timeout, on the defaults and for every allowed pair (Rules table)
     vis_param = ref_target(q.get("VisibilityTimeout"))
     t_param = ref_target((pfn or {}).get("Properties", {}).get("Timeout"))
@@ -467,6 +596,12 @@ def check_queue(tpl, raw):
         problems.append(f"queue VisibilityTimeout default {vis_default} < 6 x processor timeout default {t_default}")
     if raw and vis_param and t_param:
         problems.extend(check_visibility_rule(tpl, vis_param, t_param))
+        chunk = ref_target(((pfn or {}).get("Properties", {}).get("Environment", {}).get("Variables", {}))
+                           .get("CHUNK_SECONDS"))
+        if not chunk or param_default(tpl, chunk) != 25:
+            problems.append("CHUNK_SECONDS must Ref a parameter defaulting to 25")
+        else:
+            problems.extend(check_table_rule(tpl, chunk, t_param, lambda c, t: 2 * c <= t))
     # the SQS event source
     evs = [e for e in ((pfn or {}).get("Properties", {}).get("Events") or {}).values() if e.get("Type") == "SQS"]
     esms = [r["Properties"] for r in resources(tpl, "AWS::Lambda::EventSourceMapping").values()
@@ -483,19 +618,24 @@ def check_queue(tpl, raw):
             if param_default(tpl, ref_target(s.get(key))) != default:
                 problems.append(f"processor SQS event {key} must be a parameter defaulting to {default}")
         mc = ref_target((s.get("ScalingConfig") or {}).get("MaximumConcurrency"))
-        if param_default(tpl, mc) != 2 or params.get(mc, {}).get("MinValue", 0) < 2:
-            problems.append("ScalingConfig.MaximumConcurrency must be a parameter, default 2, MinValue 2")
+        if param_default(tpl, mc) != 20 or params.get(mc, {}).get("MinValue", 0) < 2:
+            problems.append("ScalingConfig.MaximumConcurrency must be a parameter, default 20, MinValue 2")
     return problems
 
 
 def check_visibility_rule(tpl, vis_param, t_param):
     """Rules must map each allowed processor timeout to exactly the allowed visibility values >= 6x."""
+    return check_table_rule(tpl, vis_param, t_param, lambda v, t: v >= 6 * t)
+
+
+def check_table_rule(tpl, vis_param, t_param, ok):
+    """Rules must map each allowed processor timeout t to exactly the allowed values v with ok(v, t)."""
     problems = []
     params = tpl["Parameters"]
     t_allowed = params[t_param].get("AllowedValues")
     v_allowed = params[vis_param].get("AllowedValues")
     if not t_allowed or not v_allowed:
-        return [f"{t_param}/{vis_param} need AllowedValues for the visibility Rule"]
+        return [f"{t_param}/{vis_param} need AllowedValues for their Rule"]
     found = {}
     for rule in (tpl.get("Rules") or {}).values():
         for a in rule.get("Assertions", []):
@@ -507,7 +647,7 @@ def check_visibility_rule(tpl, vis_param, t_param):
             if eq[:1] == [{"Ref": t_param}] and contains[1:] == [{"Ref": vis_param}]:
                 found[int(eq[1])] = sorted(int(x) for x in contains[0])
     for t in t_allowed:
-        want = sorted(v for v in v_allowed if v >= 6 * t)
+        want = sorted(v for v in v_allowed if ok(v, t))
         if found.get(t) != want:
             problems.append(f"Rules: for {t_param}={t} the allowed {vis_param} must be {want}, found {found.get(t)}")
     return problems
@@ -535,13 +675,12 @@ def check_tables(tpl):
         problems.append(f"EventsTable TTL must be enabled on expires_at, got {ttl}")
     if keys(state.get("KeySchema", [])) != [("pk", "HASH"), ("sk", "RANGE")]:
         problems.append("StateTable key schema must be HASH pk, RANGE sk")
-    if attrs(state) != {"pk": "S", "sk": "S", "gsi1pk": "S", "gsi1sk": "S"}:
+    if attrs(state) != {"pk": "S", "sk": "S"}:
         problems.append(f"StateTable attribute definitions wrong: {attrs(state)}")
-    gsis = state.get("GlobalSecondaryIndexes", [])
-    if len(gsis) != 1 or gsis[0].get("IndexName") != "gsi1" \
-            or keys(gsis[0].get("KeySchema", [])) != [("gsi1pk", "HASH"), ("gsi1sk", "RANGE")] \
-            or gsis[0].get("Projection") != {"ProjectionType": "ALL"}:
-        problems.append("StateTable needs exactly one GSI gsi1 (HASH gsi1pk, RANGE gsi1sk, projection ALL)")
+    if state.get("GlobalSecondaryIndexes") or state.get("LocalSecondaryIndexes"):
+        problems.append("StateTable must have no index (every read is a consistent read of the base table)")
+    if state.get("TimeToLiveSpecification", {}) != {"AttributeName": "expires_at", "Enabled": True}:
+        problems.append(f"StateTable TTL must be enabled on expires_at, got {state.get('TimeToLiveSpecification')}")
     for name, t in (("EventsTable", events), ("StateTable", state)):
         if t.get("BillingMode") != "PAY_PER_REQUEST":
             problems.append(f"{name}: BillingMode must be PAY_PER_REQUEST")
@@ -589,10 +728,34 @@ def check_api_and_alarms(tpl):
         problems.append("processor Errors > 0 over 5 minutes alarm missing")
     if not any(a.get("MetricName") in {f["MetricTransformations"][0]["MetricName"] for f in filters} for a in alarms):
         problems.append("alarm on the rejected-webhook metric missing")
+    for binary, periods in ((POLLER_BIN, 3), (SCHEDULER_BIN, 1)):
+        fid = function_by_bin(tpl, binary)[0]
+        if not any(a.get("MetricName") == "Errors" and a.get("Threshold") == 0 and a.get("EvaluationPeriods") == periods
+                   and a.get("DatapointsToAlarm", periods) == periods
+                   and ref_target(a.get("Dimensions", [{}])[0].get("Value")) == fid for a in alarms):
+            problems.append(f"{binary} Errors alarm ({periods} of {periods} periods) missing")
+    _, pfn = function_by_bin(tpl, PROCESSOR_BIN)
+    plog = own_log_group(pfn or {})
+    pfilters = [r["Properties"] for r in resources(tpl, "AWS::Logs::MetricFilter").values()
+                if ref_target(r["Properties"].get("LogGroupName")) == plog]
+    problems.extend(check_differences_filter(pfilters))
+    diff_alarms = [a for a in alarms if a.get("MetricName") == "ReconcileDifferences"]
+    if len(diff_alarms) != 1 or diff_alarms[0].get("Period") != 3600 or diff_alarms[0].get("EvaluationPeriods") != 6 \
+            or diff_alarms[0].get("Threshold") != 0 or ref_target(diff_alarms[0].get("DatapointsToAlarm")) is None \
+            or param_default(tpl, ref_target(diff_alarms[0].get("DatapointsToAlarm"))) != 3:
+        problems.append("ReconcileDifferences alarm must be > 0 in DatapointsToAlarm (default 3) of 6 hourly periods")
+    _, wfn = function_by_bin(tpl, POLLER_BIN)
+    wlog = own_log_group(wfn or {})
+    expired = [r["Properties"] for r in resources(tpl, "AWS::Logs::MetricFilter").values()
+               if ref_target(r["Properties"].get("LogGroupName")) == wlog
+               and r["Properties"].get("FilterPattern", "").replace(" ", "") == "{$.fields.cursor_expired IS TRUE}".replace(" ", "")]
+    if len(expired) != 1 or not has_alarm(expired[0]["MetricTransformations"][0]["MetricName"]):
+        problems.append("EventsCursorExpired filter ({ $.fields.cursor_expired IS TRUE }) on the poller log group and its alarm missing")
     for a in alarms:
         if a.get("AlarmActions") != {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}:
             problems.append(f"alarm {a.get('MetricName')} must use the optional AlarmTopicArn (Condition HasAlarmTopic)")
-    for out in ("WebhookUrl", "QueueUrl", "DlqUrl", "EventsTableName", "StateTableName"):
+    for out in ("WebhookUrl", "QueueUrl", "DlqUrl", "EventsTableName", "StateTableName",
+                "EventsPollerLogGroupName", "SchedulerLogGroupName"):
         if out not in tpl.get("Outputs", {}):
             problems.append(f"output {out} missing")
     return problems
@@ -626,9 +789,37 @@ def check_rejected_filter(filters):
     return problems
 
 
+# What the ReconcileDifferences filter must say: the engine's `job finished` line (fields under
+# "fields"; `initial` a JSON boolean, `differences` a number), reconciles only, initial ones left out.
+# tests/tests/scheduler.rs reads the captured log line exactly this way.
+DIFFERENCES_FILTER_TERMS = {
+    "the job finished line": '$.fields.message = "job finished"',
+    "reconciles only": '$.fields.kind = "reconcile"',
+    "no initial sync": "$.fields.initial IS FALSE",
+}
+
+
+def check_differences_filter(filters):
+    found = [f for f in filters
+             if any(t.get("MetricName") == "ReconcileDifferences" for t in f.get("MetricTransformations", []))]
+    if len(found) != 1:
+        return [f"expected one ReconcileDifferences metric filter on the processor log group, found {len(found)}"]
+    pattern = " ".join(found[0].get("FilterPattern", "").split())
+    problems = [f"ReconcileDifferences filter lacks {case} ({term!r}): {pattern}"
+                for case, term in DIFFERENCES_FILTER_TERMS.items() if term not in pattern]
+    if "||" in pattern or not pattern.startswith("{") or not pattern.endswith("}"):
+        problems.append(f"ReconcileDifferences filter must be one JSON pattern of && terms: {pattern}")
+    value = found[0]["MetricTransformations"][0].get("MetricValue")
+    if value != "$.fields.differences":
+        problems.append(f"ReconcileDifferences must count $.fields.differences, not {value!r}")
+    return problems
+
+
 def check_template(tpl, text=None):
     """All checks on the raw (unexpanded) SAM template."""
     problems = check_text(text) if text is not None else []
+    if text is not None and "later additions (reserved)" in text:
+        problems.append("the reserved-additions comment must go: the poller and scheduler are real")
     if tpl.get("Transform") != "AWS::Serverless-2016-10-31":
         problems.append("Transform must be AWS::Serverless-2016-10-31")
     for fn in (check_iam, check_secrets, check_tables, check_api_and_alarms):
@@ -705,8 +896,26 @@ def test_expanded_keeps_batch_failures_and_roles():
     exp = expanded()
     esms = [r for r in exp["Resources"].values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
     assert [e["Properties"]["FunctionResponseTypes"] for e in esms] == [["ReportBatchItemFailures"]]
-    roles = [r for r in exp["Resources"].values() if r["Type"] == "AWS::IAM::Role"]
-    assert len(roles) == 2 and not any(r["Properties"].get("ManagedPolicyArns") for r in roles)
+    roles = {k: r for k, r in exp["Resources"].items() if r["Type"] == "AWS::IAM::Role"}
+    assert not any(r["Properties"].get("ManagedPolicyArns") for r in roles.values())
+    fn_roles = {role_of(fn) for fn in resources(exp, *FUNCTION_TYPES).values()}
+    assert len(fn_roles) == 4, fn_roles
+    schedule_roles = {ref_target(r["Properties"]["Target"]["RoleArn"])
+                      for r in resources(exp, "AWS::Scheduler::Schedule").values()}
+    assert len(schedule_roles) == 2 and set(roles) == fn_roles | schedule_roles, sorted(roles)
+
+
+def test_every_function_is_built_by_infra_check():
+    """scripts/infra-check.sh builds the bins it finds in the template: all four, each a workspace member."""
+    bins = sorted(fn["Metadata"]["BuildProperties"]["Binary"] for fn in resources(template(), *FUNCTION_TYPES).values())
+    assert bins == sorted([RECEIVER_BIN, PROCESSOR_BIN, POLLER_BIN, SCHEDULER_BIN])
+    with open(os.path.join(REPO, "Cargo.toml")) as f:
+        members = f.read()
+    for b in bins:
+        assert f'"functions/{b}"' in members, b
+    with open(os.path.join(REPO, "scripts", "infra-check.sh")) as f:
+        script = f.read()
+    assert "template_bins" in script and "--bin webhook-receiver --bin event-processor" not in script
 
 
 # ----------------------------------------------------------------------------- tests: the checker can fail
@@ -885,10 +1094,109 @@ def test_negative_tables():
     t = template()
     t["Resources"]["EventsTable"]["Properties"]["TimeToLiveSpecification"]["AttributeName"] = "ttl"
     t["Resources"]["StateTable"]["Properties"]["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] = False
-    t["Resources"]["StateTable"]["Properties"]["GlobalSecondaryIndexes"][0]["IndexName"] = "GSI1"
+    t["Resources"]["StateTable"]["Properties"]["GlobalSecondaryIndexes"] = [{
+        "IndexName": "gsi1", "KeySchema": [{"AttributeName": "gsi1pk", "KeyType": "HASH"}],
+        "Projection": {"ProjectionType": "ALL"}}]
+    del t["Resources"]["StateTable"]["Properties"]["TimeToLiveSpecification"]
     problems = check_tables(t)
-    for needle in ("TTL must be enabled on expires_at", "point-in-time", "GSI gsi1"):
+    for needle in ("EventsTable TTL must be enabled on expires_at", "point-in-time", "must have no index",
+                   "StateTable TTL must be enabled on expires_at"):
         assert_flags(problems, needle)
+    # The processor may not query an index any more.
+    t = template()
+    role_statements(t, PROCESSOR_BIN)[0]["Resource"].append({"Fn::Sub": "${StateTable.Arn}/index/gsi1"})
+    assert_flags(check_iam(t), "is not one of the two tables")
+
+
+def test_negative_worker_permissions():
+    def stmt(t, binary, prefix):
+        return [s for s in role_statements(t, binary) if any(a.startswith(prefix) for a in s["Action"])][0]
+
+    # More DynamoDB than it uses, or another table.
+    t = template()
+    stmt(t, POLLER_BIN, "dynamodb:")["Action"].append("dynamodb:DeleteItem")
+    assert_flags(check_iam(t), "events-poller role has unexpected actions: ['dynamodb:DeleteItem']")
+    t = template()
+    stmt(t, SCHEDULER_BIN, "dynamodb:")["Action"].append("dynamodb:PutItem")
+    assert_flags(check_iam(t), "scheduler role has unexpected actions: ['dynamodb:PutItem']")
+    t = template()
+    stmt(t, SCHEDULER_BIN, "dynamodb:")["Resource"].append({"Fn::GetAtt": ["EventsTable", "Arn"]})
+    assert_flags(check_iam(t), "scheduler DynamoDB resources")
+    # Consuming the queue, another queue, the webhook secret, a missing grant.
+    t = template()
+    stmt(t, POLLER_BIN, "sqs:")["Action"].append("sqs:ReceiveMessage")
+    assert_flags(check_iam(t), "events-poller role has unexpected actions: ['sqs:ReceiveMessage']")
+    t = template()
+    stmt(t, POLLER_BIN, "sqs:")["Resource"] = [{"Fn::GetAtt": ["EventsDeadLetterQueue", "Arn"]}]
+    assert_flags(check_iam(t), "events-poller sqs:SendMessage resources")
+    t = template()
+    stmt(t, SCHEDULER_BIN, "secretsmanager:")["Resource"] = [{"Ref": "WebhookSecretArn"}]
+    assert_flags(check_iam(t), "scheduler secretsmanager:GetSecretValue resources")
+    t = template()
+    role_statements(t, SCHEDULER_BIN).remove(stmt(t, SCHEDULER_BIN, "sqs:"))
+    assert_flags(check_iam(t), "scheduler role lacks: ['sqs:SendMessage']")
+    # A shared role.
+    t = template()
+    _, fn = function_by_bin(t, SCHEDULER_BIN)
+    fn["Properties"]["Role"] = {"Fn::GetAtt": ["EventsPollerRole", "Arn"]}
+    assert_flags(check_iam(t), "every function needs its own role")
+    # A generated schedule role with more than invoking its function.
+    exp = expanded()
+    sid, sch = next(iter(resources(exp, "AWS::Scheduler::Schedule").items()))
+    role = exp["Resources"][ref_target(sch["Properties"]["Target"]["RoleArn"])]
+    role["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][0]["Action"] = ["lambda:InvokeFunction", "lambda:UpdateFunctionCode"]
+    assert_flags(check_iam(exp), f"{sid}: schedule role")
+
+
+def test_negative_schedules_and_settings():
+    t = template()
+    t["Parameters"]["EventsPollerSchedule"]["Default"] = "rate(1 hour)"
+    assert_flags(check_lambda_settings(t, raw=True), "EventsPollerSchedule must default to rate(1 minute)")
+    t = template()
+    _, fn = function_by_bin(t, SCHEDULER_BIN)
+    fn["Properties"]["Events"]["Schedule"]["Type"] = "Schedule"
+    assert_flags(check_lambda_settings(t, raw=True), "exactly one ScheduleV2 event")
+    t = template()
+    _, fn = function_by_bin(t, PROCESSOR_BIN)
+    fn["Properties"]["Environment"]["Variables"]["STORE_CONCURRENCY"] = "8"
+    del fn["Properties"]["Environment"]["Variables"]["CHUNK_SECONDS"]
+    problems = check_lambda_settings(t, raw=True)
+    assert_flags(problems, "['STORE_CONCURRENCY'] is gone")
+    assert_flags(problems, "missing env ['CHUNK_SECONDS']")
+    t = template()
+    t["Parameters"]["MaxReceiveCount"]["Default"] = 5
+    t["Parameters"]["MaximumConcurrency"]["Default"] = 2
+    problems = check_queue(t, raw=True)
+    assert_flags(problems, "maxReceiveCount must be a parameter defaulting to 20")
+    assert_flags(problems, "MaximumConcurrency must be a parameter, default 20")
+    t = template()
+    t["Rules"]["ChunkRule"]["Assertions"][2]["Assert"]["Fn::Or"][1]["Fn::Contains"][0].append("45")
+    assert_flags(check_queue(t, raw=True), "Rules: for ProcessorTimeout=60 the allowed ProcessorChunkSeconds")
+    assert_flags(check_template(template(), _text() + "\n# later additions (reserved)\n"), "reserved-additions")
+
+
+def test_negative_differences_filter_drift():
+    def filt(t):
+        return t["Resources"]["ReconcileDifferencesMetricFilter"]["Properties"]
+
+    cases = {
+        '{ $.fields.message = "job finished" && $.fields.kind = "reconcile" }': "no initial sync",
+        '{ $.fields.message = "job finished" && $.fields.initial IS FALSE }': "reconciles only",
+        '{ $.fields.kind = "reconcile" && $.fields.initial = "false" }': "the job finished line",
+    }
+    for pattern, missing in cases.items():
+        t = template()
+        filt(t)["FilterPattern"] = pattern
+        assert_flags(check_api_and_alarms(t), f"lacks {missing}")
+    t = template()
+    filt(t)["MetricTransformations"][0]["MetricValue"] = "1"
+    assert_flags(check_api_and_alarms(t), "must count $.fields.differences")
+    t = template()
+    t["Resources"]["ReconcileDifferencesAlarm"]["Properties"]["EvaluationPeriods"] = 1
+    assert_flags(check_api_and_alarms(t), "ReconcileDifferences alarm")
+    t = template()
+    del t["Resources"]["EventsPollerErrorsAlarm"]
+    assert_flags(check_api_and_alarms(t), "events-poller Errors alarm")
 
 
 def test_negative_short_tags():

@@ -76,14 +76,33 @@ pick_arch() {
   return 0
 }
 
+# The functions the template declares (Metadata.BuildProperties.Binary), so every one is built,
+# a new one included.
+template_bins() {
+  python - "$INFRA/template.yaml" <<'PYEOF'
+import sys
+import yaml
+with open(sys.argv[1]) as f:
+    tpl = yaml.safe_load(f)
+for r in (tpl.get("Resources") or {}).values():
+    b = ((r.get("Metadata") or {}).get("BuildProperties") or {}).get("Binary")
+    if r.get("Type") == "AWS::Serverless::Function" and b:
+        print(b)
+PYEOF
+}
+
 lambda_build() {
-  (cd "$REPO" && cargo lambda build --release "$LAMBDA_ARCH_FLAG" \
-      --bin webhook-receiver --bin event-processor) || return 1
+  local bins=() bin_args=() b
+  mapfile -t bins < <(template_bins)
+  [[ ${#bins[@]} -gt 0 ]] || { echo "no function with BuildProperties.Binary in the template"; return 1; }
+  for b in "${bins[@]}"; do bin_args+=(--bin "$b"); done
+  echo "  bins from the template: ${bins[*]}"
+  (cd "$REPO" && cargo lambda build --release "$LAMBDA_ARCH_FLAG" "${bin_args[@]}") || return 1
   local target_dir
   target_dir="$(cd "$REPO" && cargo metadata --format-version 1 --no-deps \
       | python -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
   local bin f
-  for bin in webhook-receiver event-processor; do
+  for bin in "${bins[@]}"; do
     f="$target_dir/lambda/$bin/bootstrap"
     [[ -f "$f" ]] || { echo "missing $f"; return 1; }
     printf '  %-18s %8s bytes  %s\n' "$bin" "$(stat -c %s "$f")" "$(file -b "$f" 2>/dev/null | cut -d, -f1-2)"
@@ -107,7 +126,7 @@ if [[ "${SKIP_LAMBDA_BUILD:-0}" == "1" ]]; then
   RESULTS+=("SKIP  cargo lambda build (SKIP_LAMBDA_BUILD=1)")
 else
   step "rustup target add aarch64-unknown-linux-gnu" pick_arch
-  step "cargo lambda build --release $LAMBDA_ARCH_FLAG (webhook-receiver, event-processor)" lambda_build
+  step "cargo lambda build --release $LAMBDA_ARCH_FLAG (every function in the template)" lambda_build
 fi
 if [[ "${SAM_BUILD:-0}" == "1" ]]; then
   [[ "${SKIP_LAMBDA_BUILD:-0}" == "1" ]] && pick_arch

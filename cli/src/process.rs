@@ -60,8 +60,10 @@ async fn build_processor(sdk: &dsync::aws::SdkConfig, queue_url: &str) -> Result
     let key = CachedSecret::from_source(&env.api_key, sdk, SystemClock)
         .await
         .map_err(|e| format!("cannot read the WorkOS API key: {e}"))?;
-    let mut workos = WorkosConfig::default();
-    workos.base_url = env.api_base_url.clone();
+    let workos = WorkosConfig {
+        base_url: env.api_base_url.clone(),
+        ..WorkosConfig::default()
+    };
     let dynamo = DynamoClient::new(sdk);
     let budget = DynamoBudget::new(dynamo.clone(), env.state_table.clone(), env.key_rate_per_minute);
     let api = WorkosClient::with_key(workos, SystemClock, budget, Arc::new(key))

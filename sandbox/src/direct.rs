@@ -1,13 +1,18 @@
-//! The sandbox's state read in-process, through the pipeline's `DirectoryApi` port: the same
+//! The sandbox's state read in-process, through the pipeline's `DirectoryApi`, `DirectoryList` and
+//! `EventsApi` ports: the same
 //! answers the HTTP routes give (ids in ascending order, `after` cursors, 404 as `None`), without
 //! HTTP. For the convergence property test and the fast benchmarks; the HTTP sandbox and the real
 //! WorkOS client cover the wire.
 
 use std::sync::{Arc, Mutex};
 
-use dsync::directory::{ApiError, CallBudget, DirGroup, DirInfo, DirUser, DirectoryApi, Listing, Page, UserState};
+use dsync::directory::{
+    ApiError, CallBudget, DirGroup, DirInfo, DirUser, DirectoryApi, DirectoryList, Listing, Page, UserState,
+};
 use dsync::model::{email_hash, idp_hash};
+use dsync::ports::events::{EventsApi, EventsCursor, RawEvent};
 
+use crate::events::EventQuery;
 use crate::lock;
 use crate::model::{Group, User};
 use crate::state::Store;
@@ -93,11 +98,7 @@ fn page_of<T: Clone>(mut items: Vec<(String, T)>, after: Option<&str>, size: usi
 impl DirectoryApi for DirectApi {
     async fn get_directory(&self, directory_id: &str, budget: &CallBudget) -> Result<Option<DirInfo>, ApiError> {
         self.call(budget)?;
-        Ok(lock(&self.store).directory(directory_id).map(|d| DirInfo {
-            id: d.id.clone(),
-            organization_id: Some(d.organization_id.clone()),
-            state: "linked".into(),
-        }))
+        Ok(lock(&self.store).directory(directory_id).map(info))
     }
 
     async fn get_user(&self, _d: &str, user_id: &str, budget: &CallBudget) -> Result<Option<DirUser>, ApiError> {
@@ -172,6 +173,67 @@ impl DirectoryApi for DirectApi {
             .map(|g| (g.id.clone(), group(g)))
             .collect();
         Ok(Some(page_of(items, after, self.page)))
+    }
+}
+
+fn info(d: &crate::model::Directory) -> DirInfo {
+    DirInfo {
+        id: d.id.clone(),
+        organization_id: Some(d.organization_id.clone()),
+        state: "linked".into(),
+    }
+}
+
+impl DirectoryList for DirectApi {
+    async fn directories_page(&self, after: Option<&str>, budget: &CallBudget) -> Result<Page<DirInfo>, ApiError> {
+        self.call(budget)?;
+        let items = lock(&self.store)
+            .all_directories()
+            .map(|d| (d.id.clone(), info(d)))
+            .collect();
+        Ok(page_of(items, after, self.page))
+    }
+}
+
+impl EventsApi for DirectApi {
+    /// `GET /events` from [`crate::Store::events`], as the HTTP route serves it: oldest first,
+    /// pages of at most `limit` (and of this adapter's page size), the exact webhook body.
+    async fn events_page(
+        &self,
+        types: &[&str],
+        cursor: EventsCursor,
+        limit: u32,
+        budget: &CallBudget,
+    ) -> Result<Page<RawEvent>, ApiError> {
+        self.call(budget)?;
+        if types.is_empty() {
+            return Err(ApiError::Client {
+                status: 400,
+                message: "One or more event names must be provided using the events parameter.".into(),
+            });
+        }
+        let (after, range_start) = match cursor {
+            EventsCursor::After(id) => (Some(id), None),
+            EventsCursor::RangeStart(t) => (None, Some(t)),
+        };
+        let query = EventQuery {
+            events: types.iter().map(|t| t.to_string()).collect(),
+            after,
+            limit: (limit.clamp(1, 100) as usize).min(self.page),
+            range_start,
+            range_end: None,
+            organization_id: None,
+        };
+        let page = query.run(lock(&self.store).events());
+        let mut items = Vec::with_capacity(page.data.len());
+        for e in &page.data {
+            let raw = String::from_utf8_lossy(&e.to_body()).into_owned();
+            items.push(RawEvent::parse(raw).map_err(|e| ApiError::BadResponse(e.to_string()))?);
+        }
+        Ok(Page {
+            items,
+            after: page.after,
+        })
     }
 }
 

@@ -6,7 +6,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use dsync::directory::UserState;
 use dsync::plan::parse_event;
-use dsync::rules::{GroupRef, Rules};
+use dsync::rules::{GroupRef, Rules, Tenant};
 
 fn parsing(c: &mut Criterion) {
     let group_updated = r#"{"object":"event","id":"event_01HZTEST","event":"dsync.group.updated","data":{"object":"directory_group","id":"directory_group_01","idp_id":"00gabc","directory_id":"directory_01","organization_id":"org_01","name":"Enterprise Admins","created_at":"2026-01-15T12:00:00.000Z","updated_at":"2026-01-15T12:00:00.000Z","raw_attributes":{},"previous_attributes":{"name":"Admins"}},"created_at":"2026-11-25T10:00:00.000Z"}"#;
@@ -42,6 +42,10 @@ fn entitlements(c: &mut Criterion) {
     c.bench_function("entitlements/20_groups_100_rules", |b| {
         b.iter(|| {
             rules.entitlements(
+                Tenant {
+                    organization_id: "org_bench",
+                    directory_id: "directory_bench",
+                },
                 &UserState::Active,
                 groups.iter().map(|(id, name)| GroupRef { id, name }),
             )

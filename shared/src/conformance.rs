@@ -67,6 +67,7 @@ pub async fn state_store<S: StateStore>(store: S, ns: &str) -> (u64, u64) {
     seen_pages(&s, &format!("{ns}-seen")).await;
     purge(&s, &format!("{ns}-purge"), &format!("org_{ns}p")).await;
     registry(&s, ns).await;
+    cursor_is_compare_and_set(&s, &format!("{ns}-events")).await;
     s.put_run(
         &format!("{ns}-run"),
         &RunSummary {
@@ -133,6 +134,46 @@ async fn fence_is_compare_and_set<S: StateStore>(s: &S, dir: &str) {
     let read = s.fence(dir).await.expect("read").expect("fence");
     assert_eq!(read.value, g);
     assert_eq!(read.version, 2);
+}
+
+/// The events poller's cursor: created once, then only by compare-and-set on its version, so
+/// two runs that read the same version cannot both write.
+async fn cursor_is_compare_and_set<S: StateStore>(s: &S, name: &str) {
+    assert_eq!(s.cursor(name).await.expect("read"), None, "no cursor yet");
+    let fresh = SavedCursor {
+        owner: Some("run-a".into()),
+        lease_until: t(5000),
+        ..Default::default()
+    };
+    assert_eq!(s.put_cursor(name, &fresh, None).await.expect("create"), Some(1));
+    assert_eq!(
+        s.put_cursor(name, &fresh, None).await.expect("create again"),
+        None,
+        "a second run cannot create it too"
+    );
+    let read = s.cursor(name).await.expect("read").expect("cursor");
+    assert_eq!((read.version, &read.value), (1, &fresh), "an empty cursor round-trips");
+    let saved = SavedCursor {
+        event_id: Some("event_01#x".into()),
+        event_at: Some(t(1_700_000_000_123)),
+        saved_at: t(1_700_000_060_000),
+        caught_up: true,
+        owner: None,
+        lease_until: t(1_700_000_061_000),
+    };
+    assert_eq!(s.put_cursor(name, &saved, Some(1)).await.expect("cas"), Some(2));
+    assert_eq!(
+        s.put_cursor(name, &fresh, Some(1)).await.expect("stale"),
+        None,
+        "a run holding version 1 cannot overwrite version 2"
+    );
+    let read = s.cursor(name).await.expect("read").expect("cursor");
+    assert_eq!((read.version, &read.value), (2, &saved), "every field round-trips");
+    assert_eq!(
+        s.cursor(&format!("{name}-other")).await.expect("read"),
+        None,
+        "cursors are independent by name"
+    );
 }
 
 async fn commits_are_atomic_and_fenced<S: StateStore>(s: &S, dir: &str) {

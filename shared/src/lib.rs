@@ -2,9 +2,10 @@
 //! the adapters (AWS, WorkOS over HTTP, in memory) in one folder beside them.
 //!
 //! - core logic: [`signature`], [`event`], [`plan`], [`rules`], [`model`], [`engine`],
-//!   [`processor`], [`receiver`], [`view`]
-//! - ports: [`ports`] (directory API, claim store, state store, work queue, rate budget) and
-//!   [`clock`]
+//!   [`processor`], [`receiver`], [`view`], [`events_poller`] (the Events API poller),
+//!   [`scheduler`] (directory discovery, scheduled reconciles, the job watchdog)
+//! - ports: [`ports`] (directory API and listing, Events API, claim store, state store with the
+//!   stream cursor, work queue and outbox, rate budget) and [`clock`]
 //! - adapters: [`adapters`] (`dynamo_*`, `workos`, `memory`) and [`queue`] (the receiver's SQS)
 //! - [`conformance`]: the suite every store adapter must pass
 
@@ -15,6 +16,7 @@ pub mod config;
 pub mod conformance;
 pub mod engine;
 pub mod event;
+pub mod events_poller;
 pub mod model;
 pub mod plan;
 pub mod poller;
@@ -23,10 +25,12 @@ pub mod processor;
 pub mod queue;
 pub mod receiver;
 pub mod rules;
+pub mod scheduler;
 pub mod schema;
 pub mod secrets;
 pub mod signature;
 pub mod view;
+pub mod worker;
 
 /// The directory API port and its types, under their historical path.
 pub use ports::directory;

@@ -369,6 +369,46 @@ pub mod stack {
         panic!("the reconcile of {dir} did not finish");
     }
 
+    /// Run the processor behind the local event source until the queue holds nothing at all
+    /// (deferred events and continuations included); panics with what is left after `within`.
+    pub async fn drain_all<A: DirectoryApi>(
+        sqs: &aws_sdk_sqs::Client,
+        queue: &str,
+        p: &RealProcessor<A>,
+        within: std::time::Duration,
+    ) -> dsync::poller::PollReport {
+        use dsync::poller::{poll_once, PollReport, PollerConfig};
+        let config = PollerConfig {
+            batch_size: 10,
+            wait: std::time::Duration::from_secs(1),
+            function_timeout: std::time::Duration::from_secs(60),
+        };
+        let started = std::time::Instant::now();
+        let mut total = PollReport::default();
+        loop {
+            let r = poll_once(sqs, queue, p, &SystemClock, config).await.expect("poll");
+            total.received += r.received;
+            total.deleted += r.deleted;
+            total.failed += r.failed;
+            if r.received == 0 && dsync::poller::depth(sqs, queue).await.expect("depth") == 0 {
+                return total;
+            }
+            if started.elapsed() > within {
+                let left = super::drain(sqs, queue).await;
+                let bodies: Vec<&str> = left.iter().filter_map(|m| m.body.as_deref()).collect();
+                panic!("queue not empty after {within:?}: {total:?}; left: {bodies:#?}");
+            }
+        }
+    }
+
+    /// A fresh events queue with its DLQ (visibility 30 s, dead-lettered after 20 receives).
+    pub async fn events_queue(sqs: &aws_sdk_sqs::Client, prefix: &str) -> String {
+        let (queue, _dlq) = dsync::schema::create_queue_with_dlq(sqs, &super::unique(prefix), 30, 20)
+            .await
+            .expect("queue");
+        queue
+    }
+
     /// The entitlements of a stored user, as a sorted list.
     pub fn ents(u: &UserRecord) -> Vec<&str> {
         u.entitlements.iter().map(String::as_str).collect()

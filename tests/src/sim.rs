@@ -256,6 +256,14 @@ impl<S: StateStore> StateStore for Crashy<S> {
     async fn registered(&self, after: Option<&str>, limit: usize) -> Result<Stored<Registered>, StoreError> {
         self.plan.point("registered", self.inner.registered(after, limit)).await
     }
+    async fn cursor(&self, name: &str) -> Result<Option<Versioned<SavedCursor>>, StoreError> {
+        self.plan.point("cursor", self.inner.cursor(name)).await
+    }
+    async fn put_cursor(&self, name: &str, c: &SavedCursor, expect: Option<u64>) -> Result<Option<u64>, StoreError> {
+        self.plan
+            .point("put_cursor", self.inner.put_cursor(name, c, expect))
+            .await
+    }
 }
 
 impl<C: ClaimStore> ClaimStore for Crashy<C> {

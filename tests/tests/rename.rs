@@ -133,7 +133,7 @@ async fn group_rename_converges_for_every_member_even_with_a_stale_payload() {
         panic!("{first} not found")
     };
     assert!(view.allows("admin-console") && view.allows("platform-settings") && view.is_current());
-    assert_eq!(view.groups, [admins.id.clone()]);
+    assert_eq!(view.groups, std::slice::from_ref(&admins.id));
     match reader.user_by_id(first).await.expect("read") {
         Lookup::Found(v) => assert_eq!(v.directory_id, dir),
         other => panic!("by id: {other:?}"),

@@ -806,8 +806,10 @@ async fn run9_a_rotated_api_key_is_picked_up_without_a_restart() {
     let secret = MemorySecret::with(integration_tests::stack::API_KEY);
     let clock = ManualClock::at(SystemClock.now());
     let key = Arc::new(CachedSecret::load(secret.clone(), clock.clone()).await.expect("load"));
-    let mut cfg = WorkosConfig::default();
-    cfg.base_url = stack.sandbox.base_url();
+    let cfg = WorkosConfig {
+        base_url: stack.sandbox.base_url(),
+        ..WorkosConfig::default()
+    };
     let api = WorkosClient::with_key(cfg, SystemClock, dsync::ports::budget::Unlimited, key).expect("client");
     let b = CallBudget::until(minute());
     assert!(api

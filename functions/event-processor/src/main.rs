@@ -43,8 +43,10 @@ async fn main() -> ExitCode {
         }
     };
     let dynamo = DynamoClient::new(&sdk);
-    let mut workos = WorkosConfig::default();
-    workos.base_url = env.api_base_url.clone();
+    let workos = WorkosConfig {
+        base_url: env.api_base_url.clone(),
+        ..WorkosConfig::default()
+    };
     let budget = DynamoBudget::new(dynamo.clone(), env.state_table.clone(), env.key_rate_per_minute);
     let api = match WorkosClient::with_key(workos, SystemClock, budget, key) {
         Ok(c) => c,

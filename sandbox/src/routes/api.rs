@@ -185,6 +185,10 @@ pub(super) async fn list_events(State(app): State<App>, q: Params) -> Response {
             }
         }
     }
+    if range[0].is_some() && q.get("after").is_some() {
+        // WorkOS: `range_start` cannot be combined with `after`.
+        return validation_failed(&[("range_start", "cannot be combined with after")]);
+    }
     let query = EventQuery {
         events: names,
         after: q.get("after").map(str::to_owned),

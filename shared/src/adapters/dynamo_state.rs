@@ -12,6 +12,8 @@
 //! - `uid#<u>` / `alias`: the directory of a user id.
 //! - `directories` / `<d>`: the registry of directories we hold data for (and deleted ones).
 //! - `run#<d>#<run>` / `<container>#<page>`: what a reconcile listed (fingerprints; expires).
+//! - `cursor#<name>` / `cursor`: a stream cursor and its run lease (the events poller's is
+//!   `cursor#events`). Version `v`.
 //!
 //! Every commit is one `TransactWriteItems` whose first item checks the fence's version, so the
 //! tombstone and the lease are checked by every fact write, without a hot item: only the lease
@@ -54,6 +56,12 @@ const FENCE_SK: &str = "fence";
 /// The registry of directories we hold data for.
 const REGISTRY_PK: &str = "directories";
 const CTL_SK: &str = "ctl";
+/// Stream cursors: `cursor#<name>` / `cursor` (the events poller's is `cursor#events`).
+const CURSOR_SK: &str = "cursor";
+
+pub fn cursor_pk(name: &str) -> String {
+    format!("cursor#{name}")
+}
 const PROP_PREFIX: &str = "prop#";
 /// How long a reconcile's fingerprints and a run summary are kept.
 const SEEN_TTL: Duration = Duration::from_secs(7 * 86_400);
@@ -384,6 +392,37 @@ pub mod codec {
         }
         it.insert("deleted".into(), AttributeValue::Bool(r.deleted));
         it
+    }
+
+    pub fn cursor(name: &str, c: &SavedCursor, version: u64) -> Item {
+        let mut it = key(cursor_pk(name), CURSOR_SK.to_string());
+        it.insert("kind".into(), s("cursor"));
+        it.insert("v".into(), n(version));
+        if let Some(e) = &c.event_id {
+            it.insert("event_id".into(), s(e));
+        }
+        opt_n(&mut it, "event_at_ms", c.event_at);
+        it.insert("saved_at_ms".into(), n(c.saved_at.0));
+        it.insert("caught_up".into(), AttributeValue::Bool(c.caught_up));
+        if let Some(o) = &c.owner {
+            it.insert("owner".into(), s(o));
+        }
+        it.insert("lease_until_ms".into(), n(c.lease_until.0));
+        it
+    }
+
+    pub fn parse_cursor(it: &Item) -> Result<Versioned<SavedCursor>, StoreError> {
+        Ok(Versioned {
+            version: get_n(it, "v").ok_or_else(|| malformed("cursor without version"))?,
+            value: SavedCursor {
+                event_id: get_s(it, "event_id").map(str::to_string),
+                event_at: get_t(it, "event_at_ms"),
+                saved_at: get_t(it, "saved_at_ms").unwrap_or_default(),
+                caught_up: get_bool(it, "caught_up").unwrap_or(false),
+                owner: get_s(it, "owner").map(str::to_string),
+                lease_until: get_t(it, "lease_until_ms").unwrap_or_default(),
+            },
+        })
     }
 
     pub fn run(dir: &str, r: &RunSummary, expires: u64) -> Result<Item, StoreError> {
@@ -1082,6 +1121,35 @@ impl StateStore for DynamoStateStore {
                 .collect(),
             after: next,
         })
+    }
+
+    async fn cursor(&self, name: &str) -> Result<Option<Versioned<SavedCursor>>, StoreError> {
+        match self.get(cursor_pk(name), CURSOR_SK.to_string()).await? {
+            None => Ok(None),
+            Some(it) => codec::parse_cursor(&it).map(Some),
+        }
+    }
+
+    async fn put_cursor(
+        &self,
+        name: &str,
+        cursor: &SavedCursor,
+        expect: Option<u64>,
+    ) -> Result<Option<u64>, StoreError> {
+        let version = expect.map_or(1, |v| v + 1);
+        let item = codec::cursor(name, cursor, version);
+        self.wrote(bill::write_item(item_size(&item)));
+        let put = self.client.put_item().table_name(&self.table).set_item(Some(item));
+        let put = match expect {
+            Some(v) => put
+                .condition_expression("#v = :v")
+                .expression_attribute_names("#v", "v")
+                .expression_attribute_values(":v", n(v)),
+            None => put
+                .condition_expression("attribute_not_exists(#pk)")
+                .expression_attribute_names("#pk", PK),
+        };
+        Ok(applied(put.send().await)?.then_some(version))
     }
 
     async fn put_run(&self, dir: &str, run: &RunSummary) -> Result<(), StoreError> {

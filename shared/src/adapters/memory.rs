@@ -13,7 +13,7 @@ use crate::clock::{Clock, EpochMillis, EpochSeconds};
 use crate::model::{GroupRecord, UserRecord};
 use crate::ports::budget::RateBudget;
 use crate::ports::claims::*;
-use crate::ports::queue::{WorkQueue, WorkQueueError};
+use crate::ports::queue::{Outbox, Outgoing, WorkQueue, WorkQueueError};
 use crate::ports::state::*;
 use crate::ports::StoreError;
 
@@ -40,6 +40,7 @@ struct StateData {
     seen: BTreeMap<(String, String, String, u32), SeenPage>,
     runs: Vec<(String, RunSummary)>,
     registry: BTreeMap<String, Registered>,
+    cursors: HashMap<String, Versioned<SavedCursor>>,
 }
 
 /// The state store in memory.
@@ -651,6 +652,38 @@ impl StateStore for MemState {
         d.runs.push((dir.to_string(), run.clone()));
         Ok(())
     }
+
+    async fn cursor(&self, name: &str) -> Result<Option<Versioned<SavedCursor>>, StoreError> {
+        let d = lock(&self.data);
+        let c = d.cursors.get(name).cloned();
+        self.read(bill::read_item(
+            c.as_ref()
+                .map_or(0, |c| item_size(&codec::cursor(name, &c.value, c.version))),
+        ));
+        Ok(c)
+    }
+
+    async fn put_cursor(
+        &self,
+        name: &str,
+        cursor: &SavedCursor,
+        expect: Option<u64>,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut d = lock(&self.data);
+        let version = expect.map_or(1, |v| v + 1);
+        self.wrote(bill::write_item(item_size(&codec::cursor(name, cursor, version))));
+        if d.cursors.get(name).map(|c| c.version) != expect {
+            return Ok(None);
+        }
+        d.cursors.insert(
+            name.to_string(),
+            Versioned {
+                version,
+                value: cursor.clone(),
+            },
+        );
+        Ok(Some(version))
+    }
 }
 
 // ---------------------------------------------------------------------------------------- claims
@@ -811,6 +844,8 @@ pub struct MemMessage {
     pub body: String,
     pub group: Option<String>,
     pub source: String,
+    /// String message attributes (what [`Outbox::send_all`] set; `source` is also above).
+    pub attributes: BTreeMap<String, String>,
     pub sent_at: EpochMillis,
     pub receive_count: u32,
 }
@@ -859,6 +894,18 @@ impl MemQueue {
 
     /// Send a message (visible after `delay`).
     pub fn send(&self, body: impl Into<String>, group: Option<&str>, source: &str, delay: Duration) -> String {
+        let attributes = BTreeMap::from([("source".to_string(), source.to_string())]);
+        self.send_with(body.into(), group, attributes, delay)
+    }
+
+    fn send_with(
+        &self,
+        body: String,
+        group: Option<&str>,
+        attributes: BTreeMap<String, String>,
+        delay: Duration,
+    ) -> String {
+        let source = attributes.get("source").cloned().unwrap_or_default();
         let now = self.clock.now();
         let mut d = lock(&self.data);
         d.seq += 1;
@@ -867,9 +914,10 @@ impl MemQueue {
             msg: MemMessage {
                 message_id: id.clone(),
                 receipt: String::new(),
-                body: body.into(),
+                body,
                 group: group.map(str::to_string),
-                source: source.to_string(),
+                source,
+                attributes,
                 sent_at: now,
                 receive_count: 0,
             },
@@ -983,6 +1031,16 @@ impl WorkQueue for MemQueue {
 
     async fn defer(&self, receipt_handle: &str, delay: Duration) -> Result<(), WorkQueueError> {
         self.set_visibility(receipt_handle, delay);
+        Ok(())
+    }
+}
+
+impl Outbox for MemQueue {
+    async fn send_all(&self, messages: &[Outgoing]) -> Result<(), WorkQueueError> {
+        for m in messages {
+            let attributes = m.attributes.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+            self.send_with(m.body.clone(), Some(&m.group), attributes, Duration::ZERO);
+        }
         Ok(())
     }
 }

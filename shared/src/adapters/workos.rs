@@ -1,4 +1,5 @@
-//! The WorkOS Directory Sync adapter: [`DirectoryApi`] over HTTPS with reqwest (rustls).
+//! The WorkOS Directory Sync adapter: [`DirectoryApi`], [`DirectoryList`] and [`EventsApi`] over
+//! HTTPS with reqwest (rustls).
 //!
 //! What it does on every request (workos-api.md §3, §6, §7):
 //! - counts the request in the caller's [`CallBudget`] and never waits past its deadline (minus a
@@ -22,9 +23,12 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::clock::{Clock, EpochMillis};
-use crate::directory::{ApiError, CallBudget, DirGroup, DirInfo, DirUser, DirectoryApi, Listing, Page, UserState};
+use crate::directory::{
+    ApiError, CallBudget, DirGroup, DirInfo, DirUser, DirectoryApi, DirectoryList, Listing, Page, UserState,
+};
 use crate::model::{email_hash, idp_hash};
 use crate::ports::budget::{RateBudget, Unlimited};
+use crate::ports::events::{EventsApi, EventsCursor, RawEvent};
 use crate::secrets::{CachedSecret, Refresh, DEFAULT_REFRESH_INTERVAL};
 
 /// `limit` sent on every list request (WorkOS's maximum).
@@ -147,6 +151,16 @@ const GET_GROUP: Route = Route {
 const GET_DIRECTORY: Route = Route {
     template: "GET /directories/{id}",
     collection: "directories",
+    paced: false,
+};
+const LIST_DIRECTORIES: Route = Route {
+    template: "GET /directories",
+    collection: "directories",
+    paced: false,
+};
+const LIST_EVENTS: Route = Route {
+    template: "GET /events",
+    collection: "events",
     paced: false,
 };
 
@@ -695,6 +709,35 @@ impl WorkosClient {
     }
 }
 
+impl WorkosClient {
+    /// One page of an unfiltered list (`query` besides `limit`), with the repeating-cursor check.
+    async fn plain_page<W: DeserializeOwned>(
+        &self,
+        route: Route,
+        query: &[(&str, &str)],
+        after: Option<&str>,
+        budget: &CallBudget,
+    ) -> Result<Page<W>, ApiError> {
+        let url = self.url(route, None)?;
+        // A 404 on a list is an error here (no filter object that could be gone).
+        let body = self
+            .fetch(route, url, query, "", false, budget)
+            .await?
+            .ok_or_else(|| ApiError::BadResponse(format!("{} answered 404", route.template)))?;
+        let page: ListPage<W> = parse_body(route, &body)?;
+        if after.is_some() && page.list_metadata.after.as_deref() == after {
+            return Err(ApiError::BadResponse(format!(
+                "{} returned the cursor it was given",
+                route.template
+            )));
+        }
+        Ok(Page {
+            items: page.data,
+            after: page.list_metadata.after,
+        })
+    }
+}
+
 fn transport_failure(route: Route, e: &reqwest::Error, attempt: u32) -> Attempt {
     let error = if e.is_timeout() {
         ApiError::Timeout
@@ -806,6 +849,16 @@ struct WireDirectory {
     state: Option<String>,
 }
 
+impl From<WireDirectory> for DirInfo {
+    fn from(d: WireDirectory) -> Self {
+        DirInfo {
+            id: d.id,
+            organization_id: d.organization_id.filter(|o| !o.is_empty()),
+            state: d.state.unwrap_or_default(),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct WireGroup {
     id: String,
@@ -871,11 +924,7 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
 impl DirectoryApi for WorkosClient {
     async fn get_directory(&self, directory_id: &str, budget: &CallBudget) -> Result<Option<DirInfo>, ApiError> {
         let w: Option<WireDirectory> = self.get_one(GET_DIRECTORY, directory_id, directory_id, budget).await?;
-        Ok(w.map(|d| DirInfo {
-            id: d.id,
-            organization_id: d.organization_id.filter(|o| !o.is_empty()),
-            state: d.state.unwrap_or_default(),
-        }))
+        Ok(w.map(DirInfo::from))
     }
 
     async fn get_user(
@@ -949,6 +998,63 @@ impl DirectoryApi for WorkosClient {
 
     fn pace_from(&self, directory_id: &str, at: EpochMillis) {
         self.push_slot(directory_id, at);
+    }
+}
+
+impl DirectoryList for WorkosClient {
+    async fn directories_page(&self, after: Option<&str>, budget: &CallBudget) -> Result<Page<DirInfo>, ApiError> {
+        let limit = PAGE_LIMIT.to_string();
+        let mut query: Vec<(&str, &str)> = vec![("limit", &limit)];
+        if let Some(a) = after {
+            query.push(("after", a));
+        }
+        let page: Page<WireDirectory> = self.plain_page(LIST_DIRECTORIES, &query, after, budget).await?;
+        Ok(Page {
+            items: page.items.into_iter().map(DirInfo::from).collect(),
+            after: page.after,
+        })
+    }
+}
+
+impl EventsApi for WorkosClient {
+    async fn events_page(
+        &self,
+        types: &[&str],
+        cursor: EventsCursor,
+        limit: u32,
+        budget: &CallBudget,
+    ) -> Result<Page<RawEvent>, ApiError> {
+        let events = types.join(",");
+        let limit = limit.clamp(1, PAGE_LIMIT).to_string();
+        let mut query: Vec<(&str, &str)> = vec![("events", &events), ("limit", &limit)];
+        // Never both: WorkOS refuses `range_start` with `after`.
+        let start;
+        let after = match &cursor {
+            EventsCursor::After(id) => {
+                query.push(("after", id));
+                Some(id.as_str())
+            }
+            EventsCursor::RangeStart(t) => {
+                start = crate::event::format_created_at(*t);
+                query.push(("range_start", &start));
+                None
+            }
+        };
+        let page: Page<Box<serde_json::value::RawValue>> = self.plain_page(LIST_EVENTS, &query, after, budget).await?;
+        let mut items = Vec::with_capacity(page.items.len());
+        for raw in page.items {
+            match RawEvent::parse(raw.get().to_owned()) {
+                Ok(e) => items.push(e),
+                // Logged without the event (it may carry names and e-mails).
+                Err(e) => {
+                    tracing::warn!(route = LIST_EVENTS.template, error = %e, "skipping an event that cannot be read")
+                }
+            }
+        }
+        Ok(Page {
+            items,
+            after: page.after,
+        })
     }
 }
 
@@ -1275,5 +1381,95 @@ mod tests {
         let r = client(format!("http://{addr}")).get_group("d", "g", &b).await;
         assert!(matches!(r, Err(ApiError::Transport(_))), "{r:?}");
         assert_eq!(b.calls(), 4);
+    }
+
+    /// A server answering `body` to every request and recording each request's path and query.
+    async fn serve_recording(body: &'static str) -> (String, Arc<Mutex<Vec<String>>>) {
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = seen.clone();
+        let handler = move |uri: axum::http::Uri| {
+            let log = log.clone();
+            async move {
+                lock(&log).push(uri.to_string());
+                body
+            }
+        };
+        let app = axum::Router::new().fallback(handler);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (format!("http://{addr}"), seen)
+    }
+
+    #[tokio::test]
+    async fn events_are_asked_comma_joined_from_a_time_or_after_an_id_never_both() {
+        // Odd spacing and key order on purpose: the raw JSON must come back byte for byte.
+        const BODY: &str = r#"{"object":"list","data":[ {"object":"event", "id":"event_01","event":"dsync.user.created","data":{"directory_id":"directory_1","id":"u","email":"a@b.c"},"created_at":"2026-01-15T12:00:00.000Z"} ,{"object":"event","event":"dsync.user.updated","data":{}},{"id":"event_03","event":"dsync.deleted","data":{"object":"directory","id":"directory_2"},"created_at":"2026-01-15T12:00:01.000Z"}],"list_metadata":{"after":"event_03"}}"#;
+        let (base, seen) = serve_recording(BODY).await;
+        let c = client(base);
+        let b = budget(5);
+        let types = ["dsync.user.created", "dsync.user.updated"];
+        let t = EpochMillis(1_768_478_400_000);
+        let page = c
+            .events_page(&types, EventsCursor::RangeStart(t), 100, &b)
+            .await
+            .expect("page");
+        // The event without an id is skipped; the others keep their exact JSON.
+        assert_eq!(
+            page.items.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["event_01", "event_03"]
+        );
+        assert_eq!(
+            page.items[0].raw,
+            r#"{"object":"event", "id":"event_01","event":"dsync.user.created","data":{"directory_id":"directory_1","id":"u","email":"a@b.c"},"created_at":"2026-01-15T12:00:00.000Z"}"#
+        );
+        assert_eq!(page.items[0].directory_id.as_deref(), Some("directory_1"));
+        assert_eq!(page.items[0].created_at, Some(t));
+        assert_eq!(page.items[1].directory_id.as_deref(), Some("directory_2"));
+        assert_eq!(page.after.as_deref(), Some("event_03"));
+        // Asked after event_03, the server hands the same cursor back: a bad response, not an
+        // endless walk.
+        let r = c
+            .events_page(&types, EventsCursor::After("event_03".into()), 500, &b)
+            .await;
+        assert!(matches!(r, Err(ApiError::BadResponse(_))), "{r:?}");
+        let seen = lock(&seen).clone();
+        assert_eq!(
+            seen,
+            [
+                "/events?events=dsync.user.created%2Cdsync.user.updated&limit=100&range_start=2026-01-15T12%3A00%3A00.000Z",
+                "/events?events=dsync.user.created%2Cdsync.user.updated&limit=100&after=event_03",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn directories_are_listed_with_their_state() {
+        const BODY: &str = r#"{"object":"list","data":[{"object":"directory","id":"directory_1","organization_id":"org_1","state":"linked","name":"Acme"},{"object":"directory","id":"directory_2","organization_id":"","state":"deleting"}],"list_metadata":{"before":null,"after":null}}"#;
+        let (base, seen) = serve_recording(BODY).await;
+        let b = budget(5);
+        let page = client(base)
+            .directories_page(Some("directory_0"), &b)
+            .await
+            .expect("page");
+        assert_eq!(
+            page.items,
+            [
+                DirInfo {
+                    id: "directory_1".into(),
+                    organization_id: Some("org_1".into()),
+                    state: "linked".into()
+                },
+                DirInfo {
+                    id: "directory_2".into(),
+                    organization_id: None,
+                    state: "deleting".into()
+                }
+            ]
+        );
+        assert_eq!(page.after, None);
+        assert_eq!(lock(&seen).clone(), ["/directories?limit=100&after=directory_0"]);
     }
 }

@@ -197,6 +197,32 @@ pub trait DirectoryApi: Send + Sync + 'static {
     fn pace_from(&self, _directory_id: &str, _at: EpochMillis) {}
 }
 
+/// The account's directories (`GET /directories`), for the scheduler and the events poller.
+pub trait DirectoryList: Send + Sync + 'static {
+    /// One page of `GET /directories`, in id order; `Page::after` is `None` on the last page.
+    fn directories_page(
+        &self,
+        after: Option<&str>,
+        budget: &CallBudget,
+    ) -> impl Future<Output = Result<Page<DirInfo>, ApiError>> + Send;
+}
+
+impl<T: DirectoryList> DirectoryList for std::sync::Arc<T> {
+    fn directories_page(
+        &self,
+        after: Option<&str>,
+        budget: &CallBudget,
+    ) -> impl Future<Output = Result<Page<DirInfo>, ApiError>> + Send {
+        (**self).directories_page(after, budget)
+    }
+}
+
+/// A directory in this state is synced by WorkOS and worth reconciling (`linked` in the REST
+/// API, `active` in events).
+pub fn is_active_state(state: &str) -> bool {
+    matches!(state, "linked" | "active")
+}
+
 impl<T: DirectoryApi> DirectoryApi for std::sync::Arc<T> {
     fn get_directory(&self, d: &str, b: &CallBudget) -> impl Future<Output = Result<Option<DirInfo>, ApiError>> + Send {
         (**self).get_directory(d, b)

@@ -4,6 +4,7 @@
 pub mod budget;
 pub mod claims;
 pub mod directory;
+pub mod events;
 pub mod queue;
 pub mod state;
 

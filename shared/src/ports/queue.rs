@@ -20,6 +20,22 @@ pub trait WorkQueue: Send + Sync + 'static {
     fn defer(&self, receipt_handle: &str, delay: Duration) -> impl Future<Output = Result<(), WorkQueueError>> + Send;
 }
 
+/// A message for the events queue from one of our own senders (the events poller, the
+/// scheduler): its body, its message group (the directory id: fair queues) and string attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub body: String,
+    pub group: String,
+    pub attributes: Vec<(&'static str, String)>,
+}
+
+/// Sending messages to the events queue.
+pub trait Outbox: Send + Sync + 'static {
+    /// Send every message, in batches. `Ok` only once the queue accepted all of them; after an
+    /// error some may have been sent (a retry sends them again: the processor dedups by event id).
+    fn send_all(&self, messages: &[Outgoing]) -> impl Future<Output = Result<(), WorkQueueError>> + Send;
+}
+
 /// The message body of a continuation: `{"object":"dsync_continuation","directory_id":"…"}`.
 pub const CONTINUATION: &str = "dsync_continuation";
 /// The message body of a reconcile request: `{"object":"dsync_request","directory_id":"…","requested_at":…}`.

@@ -472,6 +472,37 @@ pub trait StateStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Stored<Registered>, StoreError>> + Send;
     /// Keep a finished run's summary (for operators; expires).
     fn put_run(&self, dir: &str, run: &RunSummary) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// A named stream cursor (the events poller's is `events`).
+    fn cursor(&self, name: &str) -> impl Future<Output = Result<Option<Versioned<SavedCursor>>, StoreError>> + Send;
+    /// Write a cursor if its version is still `expect` (`None`: it must not exist). Returns the
+    /// new version, or `None` if the condition failed (another run wrote it first).
+    fn put_cursor(
+        &self,
+        name: &str,
+        cursor: &SavedCursor,
+        expect: Option<u64>,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+}
+
+/// Where a reader of an outside stream (the WorkOS Events API) stands, and who is reading it.
+/// Always written by compare-and-set on its version: a run first takes the lease (so two
+/// overlapping runs never read and enqueue the same page), then saves each page's last event
+/// only after the page is enqueued.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SavedCursor {
+    /// The last event enqueued; `None`: start from a time instead.
+    pub event_id: Option<String>,
+    /// When WorkOS created that event.
+    pub event_at: Option<EpochMillis>,
+    /// When a run last saved the cursor (advanced it, or read the stream to its end).
+    pub saved_at: EpochMillis,
+    /// That run read the stream to its end: every event after `event_id` was created after
+    /// about `saved_at`.
+    pub caught_up: bool,
+    /// The run holding the lease; `None`: free.
+    pub owner: Option<String>,
+    pub lease_until: EpochMillis,
 }
 
 /// A directory in the registry.
