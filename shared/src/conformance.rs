@@ -770,3 +770,136 @@ mod tests {
         assert_eq!(m.write_units(), 3);
     }
 }
+
+// ------------------------------------------------------------------------------------ work queue
+
+/// A message as the consumer (the Lambda event source) receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub body: String,
+    pub group: Option<String>,
+    pub attributes: BTreeMap<String, String>,
+    pub receipt: String,
+    pub receive_count: u32,
+}
+
+/// The consumer side of a queue, for the suite: what the event source does with SQS.
+pub trait QueueProbe: Send + Sync {
+    /// Receive what is visible now (at most 10), waiting up to about a second for something.
+    fn receive(&self) -> impl std::future::Future<Output = Vec<Received>> + Send;
+    fn delete(&self, receipt: &str) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// Receive until `want` messages came or `within` passed.
+async fn receive_for<P: QueueProbe>(probe: &P, want: usize, within: std::time::Duration) -> Vec<Received> {
+    let until = std::time::Instant::now() + within;
+    let mut out = Vec::new();
+    while out.len() < want && std::time::Instant::now() < until {
+        out.extend(probe.receive().await);
+    }
+    out
+}
+
+/// What the processor and the poller rely on from the queue: a continuation is held back for its
+/// delay and carries its directory as group and `source=continuation`; a deferred message is
+/// invisible for the delay and then comes back, counted as received again; `send_all` delivers
+/// every message (more than one batch, one near the byte limit) with its group and attributes.
+/// Uses real time (SQS delays are whole seconds): about 6 s.
+pub async fn work_queue<Q, P>(queue: &Q, probe: &P, ns: &str)
+where
+    Q: crate::ports::queue::WorkQueue + crate::ports::queue::Outbox,
+    P: QueueProbe,
+{
+    use crate::ports::queue::{Outgoing, CONTINUATION};
+    use std::time::{Duration, Instant};
+    let (now_dir, later_dir) = (format!("{ns}-now"), format!("{ns}-later"));
+
+    // Continuations: one now, one in 2 s.
+    let sent = Instant::now();
+    queue
+        .continue_later(&later_dir, Duration::from_secs(2))
+        .await
+        .expect("continue_later (2 s)");
+    queue
+        .continue_later(&now_dir, Duration::ZERO)
+        .await
+        .expect("continue_later (now)");
+    let first = receive_for(probe, 2, Duration::from_millis(1200)).await;
+    assert!(
+        sent.elapsed() >= Duration::from_secs(2) || first.len() == 1,
+        "only the undelayed continuation is visible before 2 s: {first:?}"
+    );
+    let now_msg = first
+        .iter()
+        .find(|m| m.group.as_deref() == Some(now_dir.as_str()))
+        .expect("the undelayed continuation arrived");
+    let body: serde_json::Value = serde_json::from_str(&now_msg.body).expect("continuation body is JSON");
+    assert_eq!(body["object"], CONTINUATION);
+    assert_eq!(body["directory_id"], now_dir.as_str());
+    assert_eq!(
+        now_msg.attributes.get("source").map(String::as_str),
+        Some("continuation")
+    );
+    assert_eq!(now_msg.receive_count, 1);
+    probe.delete(&now_msg.receipt).await;
+
+    let later = match first.iter().find(|m| m.group.as_deref() == Some(later_dir.as_str())) {
+        Some(m) => m.clone(),
+        None => receive_for(probe, 1, Duration::from_secs(4))
+            .await
+            .into_iter()
+            .next()
+            .expect("the delayed continuation arrived"),
+    };
+    assert!(sent.elapsed() >= Duration::from_millis(1900), "delay respected");
+    assert_eq!(later.group.as_deref(), Some(later_dir.as_str()));
+
+    // Defer it by 2 s: gone meanwhile, then back with a second receive.
+    let deferred = Instant::now();
+    queue
+        .defer(&later.receipt, Duration::from_secs(2))
+        .await
+        .expect("defer");
+    let back = receive_for(probe, 1, Duration::from_secs(5)).await;
+    assert_eq!(back.len(), 1, "the deferred message came back: {back:?}");
+    assert!(
+        deferred.elapsed() >= Duration::from_millis(1900),
+        "invisible for the delay"
+    );
+    assert_eq!(back[0].body, later.body);
+    assert_eq!(back[0].receive_count, 2, "counted as received twice");
+    probe.delete(&back[0].receipt).await;
+
+    // A batch send: 23 messages in three groups, one of 200 KiB (its own batch by size).
+    let out: Vec<Outgoing> = (0..23)
+        .map(|i| Outgoing {
+            body: if i == 5 {
+                format!("{{\"i\":{i},\"pad\":\"{}\"}}", "p".repeat(200 * 1024))
+            } else {
+                format!("{{\"i\":{i}}}")
+            },
+            group: format!("{ns}-g{}", i % 3),
+            attributes: vec![
+                ("source", "events-api".into()),
+                ("workos_event_id", format!("event_{ns}_{i}")),
+            ],
+        })
+        .collect();
+    queue.send_all(&out).await.expect("send_all");
+    let got = receive_for(probe, out.len(), Duration::from_secs(10)).await;
+    let mut seen = BTreeSet::new();
+    for m in &got {
+        let v: serde_json::Value = serde_json::from_str(&m.body).expect("batch body is JSON");
+        let i = v["i"].as_u64().expect("index") as usize;
+        let o = &out[i];
+        assert_eq!(m.body, o.body);
+        assert_eq!(m.group.as_deref(), Some(o.group.as_str()));
+        for (k, val) in &o.attributes {
+            assert_eq!(m.attributes.get(*k), Some(val), "attribute {k}");
+        }
+        assert!(seen.insert(i), "message {i} delivered once");
+        probe.delete(&m.receipt).await;
+    }
+    assert_eq!(seen.len(), out.len(), "every message of the batch send arrived");
+    assert!(probe.receive().await.is_empty(), "nothing else on the queue");
+}

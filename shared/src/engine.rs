@@ -352,8 +352,12 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Engine<A, S, Q, K> 
                 Request::Purge => {}
             }
         }
-        let pending = ctl.map_or(0, |c| c.pending_users.len());
-        if a.users.len() + pending > self.cfg.max_pending_users || a.groups.len() > self.cfg.max_pending_groups {
+        // Bounded: the control record stays far below DynamoDB's 400 KB item limit; past the
+        // bounds a reconcile is asked for instead.
+        let (pending_users, pending_groups) = ctl.map_or((0, 0), |c| (c.pending_users.len(), c.pending_groups.len()));
+        if a.users.len() + pending_users > self.cfg.max_pending_users
+            || a.groups.len() + pending_groups > self.cfg.max_pending_groups
+        {
             a.users.clear();
             a.groups.clear();
             let after = hint.unwrap_or(now).max(now);

@@ -665,8 +665,10 @@ pub async fn burst_scenario(sandbox_bin: &std::path::Path, users: usize, speed: 
     let mut converged = None;
     let want = new_users.len() + 10;
     let started = Instant::now();
+    let mut polls = 0u64;
     while converged.is_none() || b_latency.is_none() {
         tokio::time::sleep(Duration::from_millis(10)).await;
+        polls += 1;
         if b_latency.is_none() {
             if let Ok(dsync::view::Lookup::Found(v)) = reader.user(&dir_b, &b_user).await {
                 if v.decide("admin-console") == dsync::view::Decision::Denied {
@@ -674,7 +676,8 @@ pub async fn burst_scenario(sandbox_bin: &std::path::Path, users: usize, speed: 
                 }
             }
         }
-        if converged.is_none() {
+        // The whole directory is read every 100 ms only (it is the harness's cost, not the pipeline's).
+        if converged.is_none() && polls.is_multiple_of(10) {
             let users = reader.directory(&dir_a).await.map_err(|e| e.to_string())?;
             let granted = users.iter().filter(|u| u.allows("feature-x")).count();
             if granted == want {
@@ -720,16 +723,13 @@ pub async fn burst_scenario(sandbox_bin: &std::path::Path, users: usize, speed: 
     sb.reset_calls().await?;
     for _ in &user_events {
         let mut after: Option<String> = None;
-        loop {
-            match client
-                .users_page(&dir_a, dsync::directory::Listing::Directory, after.as_deref(), &budget)
-                .await
-            {
-                Ok(Some(page)) => match page.after {
-                    Some(a) => after = Some(a),
-                    None => break,
-                },
-                _ => break,
+        while let Ok(Some(page)) = client
+            .users_page(&dir_a, dsync::directory::Listing::Directory, after.as_deref(), &budget)
+            .await
+        {
+            match page.after {
+                Some(a) => after = Some(a),
+                None => break,
             }
         }
     }

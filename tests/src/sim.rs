@@ -1111,6 +1111,23 @@ where
                 }
             }
         }
+        // At rest nothing is left pending: every request handed to a lease holder was done.
+        for d in &self.dirs {
+            match self.state.ctl(d).await {
+                Ok(c) if c.deleted_at.is_some() => {}
+                Ok(c) => {
+                    if !c.pending_users.is_empty() || !c.pending_groups.is_empty() || c.full.is_some() {
+                        problems.push(format!(
+                            "{d} at rest with work pending: {} users, {} groups, full {:?}",
+                            c.pending_users.len(),
+                            c.pending_groups.len(),
+                            c.full
+                        ));
+                    }
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
         let dead = self.queue.dead_letters();
         if !dead.is_empty() {
             problems.push(format!("{} messages dead-lettered", dead.len()));

@@ -3,7 +3,7 @@
 //! scale benchmark. Each operation is atomic under one mutex; capacity is billed as DynamoDB
 //! would bill the same operation (item sizes from the DynamoDB codec).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -859,10 +859,48 @@ struct Held {
 #[derive(Debug, Default)]
 struct QueueData {
     seq: u64,
-    messages: VecDeque<Held>,
+    /// By send order.
+    messages: BTreeMap<u64, Held>,
+    /// The latest receipt of each received message → its key in `messages`.
+    receipts: HashMap<String, u64>,
+    /// Per group, its messages by (visible at, send order): what is visible is a prefix.
+    lanes: BTreeMap<Option<String>, BTreeSet<(EpochMillis, u64)>>,
     dead: Vec<MemMessage>,
     /// Round-robin position over message groups (fair-queue delivery).
     turn: u64,
+}
+
+impl QueueData {
+    /// Take a message off the queue (and its indexes).
+    fn remove(&mut self, k: u64) -> Option<Held> {
+        let h = self.messages.remove(&k)?;
+        self.receipts.remove(&h.msg.receipt);
+        if let Some(lane) = self.lanes.get_mut(&h.msg.group) {
+            lane.remove(&(h.visible_at, k));
+            if lane.is_empty() {
+                self.lanes.remove(&h.msg.group);
+            }
+        }
+        Some(h)
+    }
+
+    /// Make a message visible at `visible_at`; with a receipt, count it as received. Returns the
+    /// message as delivered.
+    fn update(&mut self, k: u64, visible_at: EpochMillis, receipt: Option<String>) -> Option<MemMessage> {
+        let h = self.messages.get_mut(&k)?;
+        if let Some(lane) = self.lanes.get_mut(&h.msg.group) {
+            lane.remove(&(h.visible_at, k));
+            lane.insert((visible_at, k));
+        }
+        h.visible_at = visible_at;
+        if let Some(r) = receipt {
+            self.receipts.remove(&h.msg.receipt);
+            self.receipts.insert(r.clone(), k);
+            h.msg.receipt = r;
+            h.msg.receive_count += 1;
+        }
+        Some(h.msg.clone())
+    }
 }
 
 /// An SQS-like queue on a given clock: visibility timeouts, delays, receive counts, a dead-letter
@@ -909,20 +947,29 @@ impl MemQueue {
         let now = self.clock.now();
         let mut d = lock(&self.data);
         d.seq += 1;
-        let id = format!("m{}", d.seq);
-        d.messages.push_back(Held {
-            msg: MemMessage {
-                message_id: id.clone(),
-                receipt: String::new(),
-                body,
-                group: group.map(str::to_string),
-                source,
-                attributes,
-                sent_at: now,
-                receive_count: 0,
+        let key = d.seq;
+        let id = format!("m{key}");
+        let visible_at = now.saturating_add(delay);
+        d.lanes
+            .entry(group.map(str::to_string))
+            .or_default()
+            .insert((visible_at, key));
+        d.messages.insert(
+            key,
+            Held {
+                msg: MemMessage {
+                    message_id: id.clone(),
+                    receipt: String::new(),
+                    body,
+                    group: group.map(str::to_string),
+                    source,
+                    attributes,
+                    sent_at: now,
+                    receive_count: 0,
+                },
+                visible_at,
             },
-            visible_at: now.saturating_add(delay),
-        });
+        );
         id
     }
 
@@ -930,52 +977,57 @@ impl MemQueue {
     /// the visibility timeout. Messages received `max_receives` times move to the dead letters.
     pub fn receive(&self, max: usize) -> Vec<MemMessage> {
         let now = self.clock.now();
-        let mut d = lock(&self.data);
-        let max_receives = self.max_receives;
-        // Dead-letter what was received too often and is visible again.
-        let mut keep = VecDeque::new();
-        while let Some(h) = d.messages.pop_front() {
-            if h.visible_at <= now && h.msg.receive_count >= max_receives {
-                d.dead.push(h.msg);
-            } else {
-                keep.push_back(h);
+        let mut guard = lock(&self.data);
+        let d = &mut *guard;
+        // Per group with visible messages, the first `max` of them (earliest visible first); what
+        // was received too often goes to the dead letters instead.
+        let mut picks: Vec<Vec<u64>> = Vec::new();
+        let mut dead = Vec::new();
+        for lane in d.lanes.values() {
+            let mut pick = Vec::new();
+            for &(at, k) in lane.iter() {
+                if at > now || pick.len() >= max {
+                    break;
+                }
+                match d.messages.get(&k) {
+                    Some(h) if h.msg.receive_count >= self.max_receives => dead.push(k),
+                    Some(_) => pick.push(k),
+                    None => {}
+                }
+            }
+            if !pick.is_empty() {
+                picks.push(pick);
             }
         }
-        d.messages = keep;
-        let mut groups: Vec<Option<String>> = Vec::new();
-        for h in d.messages.iter().filter(|h| h.visible_at <= now) {
-            if !groups.contains(&h.msg.group) {
-                groups.push(h.msg.group.clone());
+        for k in dead {
+            if let Some(h) = d.remove(k) {
+                d.dead.push(h.msg);
             }
         }
         let mut out = Vec::new();
-        if groups.is_empty() {
+        if picks.is_empty() {
             return out;
         }
-        let start = (d.turn as usize) % groups.len();
+        let start = (d.turn as usize) % picks.len();
         d.turn = d.turn.wrapping_add(1);
-        let order: Vec<Option<String>> = groups.iter().cycle().skip(start).take(groups.len()).cloned().collect();
-        let mut round = 0;
-        while out.len() < max {
+        'rounds: for round in 0..max {
             let mut took = false;
-            for g in &order {
+            for j in 0..picks.len() {
                 if out.len() >= max {
-                    break;
+                    break 'rounds;
                 }
-                let pos = d.messages.iter().position(|h| h.visible_at <= now && &h.msg.group == g);
-                if let Some(i) = pos {
-                    d.seq += 1;
-                    let receipt = format!("r{}", d.seq);
-                    let h = &mut d.messages[i];
-                    h.msg.receive_count += 1;
-                    h.msg.receipt = receipt;
-                    h.visible_at = now.saturating_add(self.visibility);
-                    out.push(h.msg.clone());
+                let Some(&k) = picks.get((start + j) % picks.len()).and_then(|l| l.get(round)) else {
+                    continue;
+                };
+                d.seq += 1;
+                let receipt = format!("r{}", d.seq);
+                let visible_at = now.saturating_add(self.visibility);
+                if let Some(msg) = d.update(k, visible_at, Some(receipt)) {
+                    out.push(msg);
                     took = true;
                 }
             }
-            round += 1;
-            if !took || round > max {
+            if !took {
                 break;
             }
         }
@@ -984,21 +1036,21 @@ impl MemQueue {
 
     /// Delete a received message (by its latest receipt).
     pub fn delete(&self, receipt: &str) -> bool {
-        let mut d = lock(&self.data);
-        let before = d.messages.len();
-        d.messages.retain(|h| h.msg.receipt != receipt);
-        d.messages.len() != before
+        let mut guard = lock(&self.data);
+        let d = &mut *guard;
+        match d.receipts.get(receipt).copied() {
+            Some(k) => d.remove(k).is_some(),
+            None => false,
+        }
     }
 
     /// Change a received message's visibility.
     pub fn set_visibility(&self, receipt: &str, delay: Duration) -> bool {
         let now = self.clock.now();
-        let mut d = lock(&self.data);
-        match d.messages.iter_mut().find(|h| h.msg.receipt == receipt) {
-            Some(h) => {
-                h.visible_at = now.saturating_add(delay);
-                true
-            }
+        let mut guard = lock(&self.data);
+        let d = &mut *guard;
+        match d.receipts.get(receipt).copied() {
+            Some(k) => d.update(k, now.saturating_add(delay), None).is_some(),
             None => false,
         }
     }
@@ -1014,7 +1066,11 @@ impl MemQueue {
 
     /// When the next invisible message becomes visible, if any.
     pub fn next_visible(&self) -> Option<EpochMillis> {
-        lock(&self.data).messages.iter().map(|h| h.visible_at).min()
+        lock(&self.data)
+            .lanes
+            .values()
+            .filter_map(|l| l.first().map(|&(at, _)| at))
+            .min()
     }
 
     pub fn dead_letters(&self) -> Vec<MemMessage> {
