@@ -45,11 +45,13 @@ eval "$("$BIN/dsync" stack up --prefix "bench-$$")"
 SANDBOX_ADDR="127.0.0.1:$SANDBOX_PORT" SANDBOX_API_KEY="$KEY" SANDBOX_SEED="1x$U" "$BIN/workos-sandbox" >"$OUT/sandbox.log" 2>&1 &
 pids+=("$!")
 wait_http "http://127.0.0.1:$SANDBOX_PORT/_sandbox/stats"
-DIR="$(curl -sf -H "Authorization: Bearer $KEY" "http://127.0.0.1:$SANDBOX_PORT/directories" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')"
+DIRS_JSON="$(curl -sf -H "Authorization: Bearer $KEY" "http://127.0.0.1:$SANDBOX_PORT/directories")"
+DIR="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["data"][0]["id"])' "$DIRS_JSON")"
+ORG="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["data"][0]["organization_id"])' "$DIRS_JSON")"
 curl -sf -X DELETE "http://127.0.0.1:$SANDBOX_PORT/_sandbox/stats" >/dev/null
 export WORKOS_API_KEY="$KEY" WORKOS_API_BASE_URL="http://127.0.0.1:$SANDBOX_PORT" \
-  ENTITLEMENT_RULES='{"by_group_name":{"Group 1":["feature-x"]}}' EVENTS_TABLE STATE_TABLE \
-  STORE_CONCURRENCY=1  # moto's TransactWriteItems is not safe against concurrent writes
+  ENTITLEMENT_RULES="{\"organizations\":{\"$ORG\":{\"by_group_name\":{\"Group 1\":[\"feature-x\"]}}}}" \
+  EVENTS_TABLE STATE_TABLE EVENTS_QUEUE_URL
 "$BIN/dsync" reconcile --queue-url "$EVENTS_QUEUE_URL" --directory "$DIR" >/dev/null
 t0=$(date +%s.%N)
 /usr/bin/time -f "%M" -o "$OUT/process.rss" "$BIN/dsync" process --queue-url "$EVENTS_QUEUE_URL" --until-empty 2>"$OUT/process.log"

@@ -733,28 +733,7 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
                 present: true,
             });
         }
-        if let Some(org) = &self.tenant_org {
-            for (kind, new, oldh) in [
-                (
-                    LookupKind::Email,
-                    &l.rec.email_hash,
-                    old.and_then(|o| o.email_hash.as_ref()),
-                ),
-                (LookupKind::Idp, &l.rec.idp_hash, old.and_then(|o| o.idp_hash.as_ref())),
-            ] {
-                if new.as_ref() != oldh {
-                    if let Some(h) = new {
-                        w.push(Write::Lookup {
-                            organization_id: org.clone(),
-                            kind,
-                            hash: h.clone(),
-                            user_id: l.rec.user_id.clone(),
-                            present: true,
-                        });
-                    }
-                }
-            }
-        }
+        w.extend(self.lookup_writes(l, true));
         if old.is_none() {
             w.push(Write::Alias {
                 user_id: l.rec.user_id.clone(),
@@ -771,29 +750,40 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
                 present: false,
             });
         }
-        if let Some(org) = &self.tenant_org {
-            for (kind, new, oldh) in [
-                (
-                    LookupKind::Email,
-                    &l.rec.email_hash,
-                    old.and_then(|o| o.email_hash.as_ref()),
-                ),
-                (LookupKind::Idp, &l.rec.idp_hash, old.and_then(|o| o.idp_hash.as_ref())),
-            ] {
-                if new.as_ref() != oldh {
-                    if let Some(h) = oldh {
-                        w.push(Write::Lookup {
-                            organization_id: org.clone(),
-                            kind,
-                            hash: h.clone(),
-                            user_id: l.rec.user_id.clone(),
-                            present: false,
-                        });
-                    }
-                }
-            }
-        }
+        w.extend(self.lookup_writes(l, false));
         w
+    }
+
+    /// The look-up items (e-mail and IdP-id hashes) a changed user record needs: the new hashes
+    /// (`present`), written before the record, or the old ones it no longer has, removed after.
+    fn lookup_writes(&self, l: &Loaded, present: bool) -> Vec<Write> {
+        let Some(org) = &self.tenant_org else {
+            return Vec::new();
+        };
+        let old = l.before.as_ref().map(|b| &b.value);
+        [
+            (
+                LookupKind::Email,
+                l.rec.email_hash.as_ref(),
+                old.and_then(|o| o.email_hash.as_ref()),
+            ),
+            (
+                LookupKind::Idp,
+                l.rec.idp_hash.as_ref(),
+                old.and_then(|o| o.idp_hash.as_ref()),
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, new, was)| new != was)
+        .filter_map(|(kind, new, was)| if present { new } else { was }.map(|h| (kind, h)))
+        .map(|(kind, h)| Write::Lookup {
+            organization_id: org.clone(),
+            kind,
+            hash: h.clone(),
+            user_id: l.rec.user_id.clone(),
+            present,
+        })
+        .collect()
     }
 
     async fn load_users(&self, ids: &[String]) -> Result<Vec<Loaded>, EngineError> {

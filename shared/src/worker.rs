@@ -86,3 +86,29 @@ impl WorkerEnv {
         })
     }
 }
+
+/// A scheduled worker's start, shared by the events poller and the scheduler: its configuration
+/// (already read and checked: `env`), the AWS SDK config, then every client (the API key read).
+/// A failure is logged (what failed, never a value) and gives the exit code to stop with (2).
+pub async fn boot<C>(
+    name: &str,
+    env: Result<(WorkerEnv, C), ConfigError>,
+) -> Result<(C, Clients), std::process::ExitCode> {
+    let (worker, config) = match env {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "invalid configuration");
+            eprintln!("{name}: invalid configuration: {e}");
+            return Err(std::process::ExitCode::from(2));
+        }
+    };
+    let sdk = crate::aws::load_sdk_config(crate::aws::SdkBudget::WORKER).await;
+    match worker.connect(&sdk).await {
+        Ok(clients) => Ok((config, clients)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("{name}: {e}");
+            Err(std::process::ExitCode::from(2))
+        }
+    }
+}

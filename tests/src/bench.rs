@@ -256,6 +256,8 @@ pub fn config(rules: Rules, speed: Speed) -> ProcessorConfig {
 #[derive(Debug, Default)]
 pub struct Work {
     pub invocations: AtomicU64,
+    /// Messages handed to invocations (an event deferred twice counts three times).
+    pub records: AtomicU64,
     pub longest_ms: AtomicU64,
     pub completed: AtomicU64,
 }
@@ -284,22 +286,13 @@ where
                         tokio::time::sleep(Duration::from_millis(5)).await;
                         continue;
                     }
-                    let records: Vec<Record> = msgs
-                        .iter()
-                        .map(|m| Record {
-                            message_id: m.message_id.clone(),
-                            body: Some(m.body.clone()),
-                            source: m.source.clone(),
-                            received_at: Some(m.sent_at),
-                            receive_count: m.receive_count,
-                            receipt: Some(m.receipt.clone()),
-                        })
-                        .collect();
+                    let records: Vec<Record> = msgs.iter().map(MemMessage::record).collect();
                     let started = Instant::now();
                     let deadline = SystemClock.now().saturating_add(speed.scale(Duration::from_secs(60)));
                     let out = p.process_batch(&records, deadline).await;
                     let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                     work.invocations.fetch_add(1, Ordering::Relaxed);
+                    work.records.fetch_add(msgs.len() as u64, Ordering::Relaxed);
                     work.longest_ms.fetch_max(took, Ordering::Relaxed);
                     for (m, o) in msgs.iter().zip(out) {
                         match o {
@@ -581,6 +574,7 @@ pub struct BurstFigures {
     pub baseline_list_all_per_100: f64,
     pub other_directory_latency: Duration,
     pub invocations: u64,
+    pub records: u64,
     pub longest_invocation: Duration,
     pub peak_rss_kib: Option<u64>,
 }
@@ -590,7 +584,7 @@ impl BurstFigures {
         format!(
             "burst of {} events: view equal to WorkOS {:.2} s after the last delivery; WorkOS calls {} ({} 429s) = {:.2} per 100 events \
              (baselines: one re-fetch per event {:.1}, list all users per user event {:.1}); another directory's event applied in {:.2} s \
-             during the burst; invocations {} (longest {:.2} s); peak RSS {} MiB",
+             during the burst; invocations {} with {} messages ({:.2} receives per event; longest {:.2} s); peak RSS {} MiB",
             self.events,
             self.converged_after_last_delivery.as_secs_f64(),
             self.workos_calls,
@@ -600,6 +594,8 @@ impl BurstFigures {
             self.baseline_list_all_per_100,
             self.other_directory_latency.as_secs_f64(),
             self.invocations,
+            self.records,
+            self.records as f64 / self.events.max(1) as f64,
             self.longest_invocation.as_secs_f64(),
             self.peak_rss_kib.map_or("?".into(), |k| (k / 1024).to_string()),
         )
@@ -745,6 +741,7 @@ pub async fn burst_scenario(sandbox_bin: &std::path::Path, users: usize, speed: 
         baseline_list_all_per_100: 100.0 * user_share * list_calls as f64 / user_events.len().max(1) as f64,
         other_directory_latency: b_latency.unwrap_or_default(),
         invocations: work.invocations.load(Ordering::Relaxed),
+        records: work.records.load(Ordering::Relaxed),
         longest_invocation: Duration::from_millis(work.longest_ms.load(Ordering::Relaxed)),
         peak_rss_kib: peak_rss_kib(),
     })

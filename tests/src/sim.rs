@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
-use dsync::adapters::memory::MemQueue;
+use dsync::adapters::memory::{MemMessage, MemQueue};
 use dsync::clock::{Clock, EpochMillis, ManualClock};
 use dsync::directory::{ApiError, CallBudget, DirGroup, DirInfo, DirUser, DirectoryApi, Listing, Page, UserState};
 use dsync::model::{GroupRecord, UserRecord};
@@ -933,17 +933,7 @@ where
         let queue = self.queue.clone();
         let deadline = self.clock.now().saturating_add(Duration::from_secs(4));
         let fut = async move {
-            let records: Vec<Record> = msgs
-                .iter()
-                .map(|m| Record {
-                    message_id: m.message_id.clone(),
-                    body: Some(m.body.clone()),
-                    source: m.source.clone(),
-                    received_at: Some(m.sent_at),
-                    receive_count: m.receive_count,
-                    receipt: Some(m.receipt.clone()),
-                })
-                .collect();
+            let records: Vec<Record> = msgs.iter().map(MemMessage::record).collect();
             let outcomes = processor.process_batch(&records, deadline).await;
             for (m, o) in msgs.iter().zip(outcomes) {
                 match o {

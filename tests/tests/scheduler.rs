@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dsync::adapters::dynamo_state::DynamoStateStore;
-use dsync::adapters::memory::{MemClaims, MemQueue, MemState};
+use dsync::adapters::memory::{MemClaims, MemMessage, MemQueue, MemState};
 use dsync::adapters::sqs_work::SqsWorkQueue;
 use dsync::clock::{Clock, EpochMillis, ManualClock, SystemClock};
 use dsync::directory::{ApiError, CallBudget, DirGroup, DirInfo, DirUser, DirectoryApi, DirectoryList, Listing, Page};
@@ -479,17 +479,7 @@ impl Mem {
                     None => return,
                 }
             }
-            let records: Vec<Record> = msgs
-                .iter()
-                .map(|m| Record {
-                    message_id: m.message_id.clone(),
-                    body: Some(m.body.clone()),
-                    source: m.source.clone(),
-                    received_at: Some(m.sent_at),
-                    receive_count: m.receive_count,
-                    receipt: Some(m.receipt.clone()),
-                })
-                .collect();
+            let records: Vec<Record> = msgs.iter().map(MemMessage::record).collect();
             let deadline = self.clock.now().saturating_add(Duration::from_secs(60));
             for (m, o) in msgs.iter().zip(p.process_batch(&records, deadline).await) {
                 match o {

@@ -8,7 +8,6 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use dsync::aws::{load_sdk_config, SdkBudget};
 use dsync::clock::{EpochMillis, SystemClock};
 use dsync::config::ProcessEnv;
 use dsync::scheduler::{Scheduler, SchedulerEnv};
@@ -17,29 +16,21 @@ use lambda_runtime::{service_fn, LambdaEvent};
 #[tokio::main]
 async fn main() -> ExitCode {
     lambda_runtime::tracing::init_default_subscriber();
-    let env = match SchedulerEnv::from_env(&ProcessEnv) {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::error!(error = %e, "invalid configuration");
-            eprintln!("scheduler: invalid configuration: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let sdk = load_sdk_config(SdkBudget::WORKER).await;
-    let clients = match env.worker.connect(&sdk).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start");
-            eprintln!("scheduler: {e}");
-            return ExitCode::from(2);
-        }
+    let (config, clients) = match dsync::worker::boot(
+        "scheduler",
+        SchedulerEnv::from_env(&ProcessEnv).map(|e| (e.worker, e.config)),
+    )
+    .await
+    {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     let scheduler = Arc::new(Scheduler::new(
         clients.api,
         clients.state,
         clients.queue,
         SystemClock,
-        env.config,
+        config,
     ));
 
     let result = lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {

@@ -856,6 +856,20 @@ struct Held {
     visible_at: EpochMillis,
 }
 
+impl MemMessage {
+    /// The record the Lambda handler gets for this message (as the SQS event source builds it).
+    pub fn record(&self) -> crate::processor::Record {
+        crate::processor::Record {
+            message_id: self.message_id.clone(),
+            body: Some(self.body.clone()),
+            source: self.source.clone(),
+            received_at: Some(self.sent_at),
+            receive_count: self.receive_count,
+            receipt: Some(self.receipt.clone()),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct QueueData {
     seq: u64,

@@ -33,7 +33,8 @@ pub use config::ProcessorConfig;
 pub struct Record {
     pub message_id: String,
     pub body: Option<String>,
-    /// `webhook`, `events-api`, `continuation` or `request`.
+    /// `webhook`, `events-api`, `continuation`, `request` or `schedule` (the last three are never claimed:
+    /// they carry no WorkOS event).
     pub source: String,
     /// When the queue first accepted the message (SQS `SentTimestamp`).
     pub received_at: Option<EpochMillis>,
