@@ -416,6 +416,7 @@ async fn control_record<S: StateStore>(s: &S, dir: &str) {
                     users: vec![format!("u{i}"), "shared".into()],
                     groups: if i % 3 == 0 { vec![format!("g{i}")] } else { Vec::new() },
                     full: None,
+                    at: t(1000 + i),
                 },
             )
             .await
@@ -427,13 +428,63 @@ async fn control_record<S: StateStore>(s: &S, dir: &str) {
     let c = s.ctl(dir).await.expect("ctl");
     assert_eq!(c.pending_users.len(), 13, "{:?}", c.pending_users);
     assert_eq!(c.pending_groups.len(), 4);
-    s.drain(dir, &["u1".into(), "shared".into(), "nope".into()], &["g0".into()])
-        .await
-        .expect("drain");
+    assert_eq!(
+        c.pending_users.get("u3"),
+        Some(&t(1003)),
+        "a user's time is its request's"
+    );
+    let shared = c.pending_users.get("shared").copied().expect("shared pending");
+    // A drain removes only what was asked before the time given: a later request stays.
+    s.drain(
+        dir,
+        &[
+            ("u1".into(), t(1001)),
+            ("u2".into(), t(1001)),
+            ("shared".into(), shared),
+            ("nope".into(), t(5000)),
+        ],
+        &["g0".into()],
+    )
+    .await
+    .expect("drain");
     let c = s.ctl(dir).await.expect("ctl");
-    assert!(!c.pending_users.contains("u1") && !c.pending_users.contains("shared"));
+    assert!(!c.pending_users.contains_key("u1") && !c.pending_users.contains_key("shared"));
+    assert_eq!(
+        c.pending_users.get("u2"),
+        Some(&t(1002)),
+        "asked after the drain's time: stays"
+    );
     assert_eq!(c.pending_users.len(), 11);
     assert_eq!(c.pending_groups.len(), 3);
+    // A request again moves the user's time on; more users than one update holds.
+    let many: Vec<String> = (0..60).map(|i| format!("m{i}")).collect();
+    s.absorb(
+        dir,
+        &Absorb {
+            users: [many.clone(), vec!["u2".into()]].concat(),
+            at: t(2000),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("absorb many");
+    let c = s.ctl(dir).await.expect("ctl");
+    assert_eq!(c.pending_users.len(), 71);
+    assert_eq!(c.pending_users.get("u2"), Some(&t(2000)));
+    assert!(
+        c.user_pending("u2", Some(t(2000))),
+        "a read begun at the request's time does not reflect it"
+    );
+    assert!(!c.user_pending("u2", Some(t(2001))), "a read begun after it does");
+    let all: Vec<(String, EpochMillis)> = c.pending_users.keys().map(|u| (u.clone(), t(1999))).collect();
+    s.drain(dir, &all, &[]).await.expect("drain all before 1999");
+    let c = s.ctl(dir).await.expect("ctl");
+    let left: BTreeSet<&str> = c.pending_users.keys().map(String::as_str).collect();
+    let want: BTreeSet<&str> = many.iter().map(String::as_str).chain(["u2"]).collect();
+    assert_eq!(left, want, "only the requests made at 2000 stay");
+    let all: Vec<(String, EpochMillis)> = c.pending_users.keys().map(|u| (u.clone(), t(2000))).collect();
+    s.drain(dir, &all, &[]).await.expect("drain all");
+    assert!(s.ctl(dir).await.expect("ctl").pending_users.is_empty());
     // Full requests: the earliest `first`, the latest `after`.
     for (first, after) in [(100, 150), (90, 140), (120, 200), (80, 160)] {
         s.absorb(

@@ -247,7 +247,7 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Engine<A, S, Q, K> 
         }
         if requests.is_empty() && fence.as_ref().is_none_or(|f| f.value.job.is_none()) {
             let ctl = self.store.ctl(dir).await?;
-            if ctl.pending_users.is_empty()
+            if !ctl.pending_users.keys().any(|u| ctl.user_pending(u, None))
                 && ctl.pending_groups.is_empty()
                 && ctl.full.is_none()
                 && ctl.full_applied_at.is_some()
@@ -336,8 +336,11 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Engine<A, S, Q, K> 
         hint: Option<EpochMillis>,
         ctl: Option<&Ctl>,
     ) -> Result<(), StoreError> {
-        let mut a = Absorb::default();
         let now = self.clock.now();
+        let mut a = Absorb {
+            at: now,
+            ..Absorb::default()
+        };
         for r in requests {
             match r {
                 Request::User(u) => a.users.push(u.clone()),
@@ -466,11 +469,21 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
             }
             return Ok(());
         }
+        // This worker's own user requests go through the control record like anyone's: the gate
+        // sees them pending, and they leave it only once a read that reflects them is applied.
+        let mut ctl = ctl;
+        let own: Vec<Request> = requests
+            .iter()
+            .filter(|r| matches!(r, Request::User(_)))
+            .cloned()
+            .collect();
+        if !own.is_empty() {
+            self.e.absorb(&self.dir, &own, self.hint, Some(&ctl)).await?;
+            ctl = self.store.ctl(&self.dir).await?;
+        }
         for r in requests {
             match r {
-                Request::User(u) => {
-                    self.users.insert(u.clone());
-                }
+                Request::User(_) => {}
                 Request::Group(g) => {
                     self.pending_groups.insert(g.clone());
                 }
@@ -511,8 +524,10 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
                 self.groups_loaded = true;
             }
             if let Some(uid) = self.users.pop_first() {
+                // Requests made before this read began are reflected by it.
+                let before = self.now().saturating_sub(Duration::from_millis(1));
                 self.refresh_user(&uid).await?;
-                self.store.drain(&self.dir, std::slice::from_ref(&uid), &[]).await?;
+                self.store.drain(&self.dir, &[(uid, before)], &[]).await?;
                 self.report.users_refreshed += 1;
                 continue;
             }
@@ -527,7 +542,8 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
                 }
                 continue;
             }
-            if let Some(gid) = self.pending_groups.pop_first() {
+            // A full read due reflects the groups asked for: they wait for it.
+            if let Some(gid) = self.full.is_none().then(|| self.pending_groups.pop_first()).flatten() {
                 self.start_job(JobKind::Group { group_id: gid.clone() }).await?;
                 self.store.drain(&self.dir, &[], std::slice::from_ref(&gid)).await?;
                 continue;
@@ -535,14 +551,22 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
             if let Some(f) = self.full {
                 let now = self.now();
                 if now >= f.after || now >= f.first.saturating_add(self.e.cfg.debounce_max) {
+                    // The groups asked for so far (read before the run begins) are reflected by
+                    // it: no group job for them. (Users wait in the control record for the
+                    // run to be applied: the gate reads them.)
+                    let asked = self.store.ctl(&self.dir).await?.pending_groups;
                     self.full = None;
                     self.start_job(JobKind::Reconcile).await?;
                     self.store
                         .change_ctl(&self.dir, &CtlChange::ClearFull { upto: now })
                         .await?;
-                    // A run that begins now reflects every group event received before it.
-                    let covered: Vec<String> = std::mem::take(&mut self.pending_groups).into_iter().collect();
-                    self.store.drain(&self.dir, &[], &covered).await?;
+                    let covered: Vec<String> = asked
+                        .into_iter()
+                        .chain(std::mem::take(&mut self.pending_groups))
+                        .collect();
+                    if !covered.is_empty() {
+                        self.store.drain(&self.dir, &[], &covered).await?;
+                    }
                     continue;
                 }
             }
@@ -559,12 +583,30 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
 
     fn merge_ctl(&mut self, ctl: &Ctl) {
         self.propagating.extend(ctl.propagating.keys().cloned());
-        self.users.extend(ctl.pending_users.iter().cloned());
-        self.pending_groups.extend(ctl.pending_groups.iter().cloned());
         if let Some(f) = ctl.full {
             let mine = self.full.get_or_insert(f);
             mine.first = mine.first.min(f.first);
             mine.after = mine.after.max(f.after);
+        }
+        if self.full.is_none() {
+            // (With a full read due, it covers the groups: they are drained when it begins.)
+            self.pending_groups.extend(ctl.pending_groups.iter().cloned());
+        }
+        // Pending users a directory-wide read will reflect need no read of their own: all of
+        // them while a full read is due (it begins later), those asked before the running
+        // reconcile began, those an applied full read already reflects. They stay in the control
+        // record (the gate keeps them pending) until that read is applied.
+        if self.full.is_none() {
+            let running = match &self.fence.job {
+                Some(j) if j.kind == JobKind::Reconcile => Some(EpochMillis(j.started_at)),
+                _ => None,
+            };
+            self.users.extend(
+                ctl.pending_users
+                    .iter()
+                    .filter(|(u, t)| ctl.user_pending(u, None) && running.is_none_or(|r| **t >= r))
+                    .map(|(u, _)| u.clone()),
+            );
         }
         if ctl.organization_id.is_some() {
             self.tenant_org.clone_from(&ctl.organization_id);
@@ -586,10 +628,13 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
         {
             let after = self.hint.unwrap_or(self.now()).max(self.now());
             self.want_full(after);
-            let users: Vec<String> = std::mem::take(&mut self.users).into_iter().collect();
+            // The full read that begins after now covers every one of them. The users stay
+            // pending in the control record (the gate keeps them unknown) until it is applied.
+            self.users.clear();
             let groups: Vec<String> = std::mem::take(&mut self.pending_groups).into_iter().collect();
-            // The full read that begins after now covers every one of them.
-            self.store.drain(&self.dir, &users, &groups).await?;
+            if !groups.is_empty() {
+                self.store.drain(&self.dir, &[], &groups).await?;
+            }
         }
         Ok(())
     }
@@ -611,7 +656,9 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
             // Taken over (our lease ran out): the new holder continues.
             return Ok(());
         }
-        let more = self.fence.job.is_some() || !self.users.is_empty() || !self.pending_groups.is_empty();
+        let more = self.fence.job.is_some()
+            || !self.users.is_empty()
+            || (!self.pending_groups.is_empty() && self.full.is_none());
         let delay = match (more, self.full) {
             (true, _) => Some(Duration::ZERO),
             (false, Some(f)) => {
@@ -1687,6 +1734,20 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
                 self.store
                     .change_ctl(&self.dir, &CtlChange::FullApplied { at: started, cost })
                     .await?;
+                // Every user asked for before the run began is reflected now.
+                let before = started.saturating_sub(Duration::from_millis(1));
+                let reflected: Vec<(String, EpochMillis)> = self
+                    .store
+                    .ctl(&self.dir)
+                    .await?
+                    .pending_users
+                    .into_iter()
+                    .filter(|(_, t)| *t <= before)
+                    .map(|(u, _)| (u, before))
+                    .collect();
+                if !reflected.is_empty() {
+                    self.store.drain(&self.dir, &reflected, &[]).await?;
+                }
             }
             JobKind::Group { group_id } => {
                 if let Some(g) = self.groups.get(group_id).cloned() {

@@ -74,7 +74,7 @@ impl UserView {
     }
 
     fn of(directory_id: &str, u: UserRecord, ctl: &Ctl) -> Self {
-        let stale = if ctl.pending_users.contains(&u.user_id) {
+        let stale = if ctl.user_pending(&u.user_id, u.applied_at) {
             Some(Staleness::PendingEvent)
         } else if u.state.is_none() {
             Some(Staleness::NeverRead)

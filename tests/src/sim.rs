@@ -217,7 +217,7 @@ impl<S: StateStore> StateStore for Crashy<S> {
     async fn absorb(&self, dir: &str, a: &Absorb) -> Result<(), StoreError> {
         self.plan.point("absorb", self.inner.absorb(dir, a)).await
     }
-    async fn drain(&self, dir: &str, u: &[String], g: &[String]) -> Result<(), StoreError> {
+    async fn drain(&self, dir: &str, u: &[(String, EpochMillis)], g: &[String]) -> Result<(), StoreError> {
         self.plan.point("drain", self.inner.drain(dir, u, g)).await
     }
     async fn change_ctl(&self, dir: &str, c: &CtlChange) -> Result<(), StoreError> {
@@ -1106,10 +1106,23 @@ where
             match self.state.ctl(d).await {
                 Ok(c) if c.deleted_at.is_some() => {}
                 Ok(c) => {
-                    if !c.pending_users.is_empty() || !c.pending_groups.is_empty() || c.full.is_some() {
+                    // A pending user whose request a read already reflects is only left to tidy.
+                    let mut users = 0;
+                    for u in c.pending_users.keys() {
+                        let applied = match self.state.users(d, std::slice::from_ref(u)).await {
+                            Ok(v) => v.first().and_then(|r| r.value.applied_at),
+                            Err(e) => {
+                                problems.push(e.to_string());
+                                None
+                            }
+                        };
+                        if c.user_pending(u, applied) {
+                            users += 1;
+                        }
+                    }
+                    if users > 0 || !c.pending_groups.is_empty() || c.full.is_some() {
                         problems.push(format!(
-                            "{d} at rest with work pending: {} users, {} groups, full {:?}",
-                            c.pending_users.len(),
+                            "{d} at rest with work pending: {users} users, {} groups, full {:?}",
                             c.pending_groups.len(),
                             c.full
                         ));

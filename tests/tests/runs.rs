@@ -569,6 +569,77 @@ async fn run5_the_gate_fails_closed_while_an_event_is_pending() {
     );
 }
 
+/// Run 5, at scale: users whose events are too many for one re-read each are left to a full
+/// read of the directory. Until that read is applied they stay `Unknown`: handing their work to
+/// the reconcile must not make the gate trust what is stored (deactivated users still granted).
+#[tokio::test]
+async fn run5b_users_left_to_a_reconcile_stay_unknown_until_it_is_applied() {
+    let stack = Stack::new().await;
+    let seeded = stack
+        .sandbox
+        .seed_directory(SeedSpec::new("Burst gate").group("Platform Admins", 8));
+    let dir = seeded.directory_id.clone();
+    let rules = org_rule(&seeded.organization_id, "Platform Admins", "admin-console");
+    let mut cfg = config(&rules);
+    cfg.engine.skip_margin = Duration::from_millis(800);
+    let p = stack.processor_with(stack.workos(), cfg);
+    reconcile(&p, &dir).await;
+    let reader = EntitlementReader::new(stack.state());
+    let users = &seeded.groups[0].user_ids;
+    for u in users {
+        stack
+            .sandbox
+            .set_user_state(u, workos_sandbox::UserState::Inactive)
+            .expect("deactivate");
+    }
+    let events: Vec<Record> = stack
+        .sandbox
+        .events()
+        .iter()
+        .filter(|e| e.event == "dsync.user.updated")
+        .map(record)
+        .collect();
+    assert_eq!(events.len(), users.len());
+    // Eight user re-reads cost more than one read of this small directory: a reconcile is asked
+    // for, after the events' margin.
+    let out = p.process_batch(&events, minute()).await;
+    assert!(out.iter().all(|o| o.is_failure()), "put back until applied: {out:?}");
+    for u in users {
+        let seen = reader.user(&dir, u).await.expect("read");
+        assert_eq!(seen.decide("admin-console"), Decision::Unknown, "{u}: {seen:?}");
+    }
+    // The reconcile runs once due, and applies every deactivation.
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        p.engine()
+            .run(&dir, &[], &Default::default(), minute())
+            .await
+            .expect("continue");
+        let ctl = stack.state().ctl(&dir).await.expect("ctl");
+        if ctl
+            .full_applied_at
+            .is_some_and(|t| events.iter().all(|e| e.received_at.is_some_and(|r| t > r)))
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "reconcile not applied: {ctl:?}"
+        );
+    }
+    for u in users {
+        let seen = reader.user(&dir, u).await.expect("read");
+        assert_eq!(seen.decide("admin-console"), Decision::Denied, "{u}: {seen:?}");
+    }
+    assert!(
+        stack.state().ctl(&dir).await.expect("ctl").pending_users.is_empty(),
+        "the reconcile's users are drained"
+    );
+    let out = p.process_batch(&events, minute()).await;
+    assert!(out.iter().all(|o| done_how(o) == Some("covered")), "{out:?}");
+}
+
 // ------------------------------------------------------------------------------------- run 6
 
 /// A directory API that deletes a group in the sandbox right after the groups were listed.

@@ -63,6 +63,12 @@ pub fn cursor_pk(name: &str) -> String {
     format!("cursor#{name}")
 }
 const PROP_PREFIX: &str = "prop#";
+/// A pending user in the control record: `pu#<user id>` = when its latest request was handed over.
+const PENDING_USER_PREFIX: &str = "pu#";
+/// Most pending users one control-record update adds.
+pub const ABSORB_USERS: usize = 50;
+/// Most pending users one conditional control-record update removes.
+pub const DRAIN_USERS: usize = 25;
 /// How long a reconcile's fingerprints and a run summary are kept.
 const SEEN_TTL: Duration = Duration::from_secs(7 * 86_400);
 const RUN_TTL: Duration = Duration::from_secs(90 * 86_400);
@@ -272,11 +278,8 @@ pub mod codec {
             it.insert("organization_id".into(), s(o));
         }
         opt_n(&mut it, "deleted_at_ms", c.deleted_at);
-        if !c.pending_users.is_empty() {
-            it.insert(
-                "pending_users".into(),
-                AttributeValue::Ss(c.pending_users.iter().cloned().collect()),
-            );
+        for (u, t) in &c.pending_users {
+            it.insert(format!("{PENDING_USER_PREFIX}{u}"), n(t.0));
         }
         if !c.pending_groups.is_empty() {
             it.insert(
@@ -316,14 +319,16 @@ pub mod codec {
             (None, Some(after)) => Some(FullRequest { first: after, after }),
             (None, None) => None,
         };
-        let propagating = it
-            .iter()
-            .filter_map(|(k, v)| {
-                let gid = k.strip_prefix(PROP_PREFIX)?;
-                let t = v.as_n().ok()?.parse().ok()?;
-                Some((gid.to_string(), EpochMillis(t)))
-            })
-            .collect();
+        let prefixed = |prefix: &str| -> BTreeMap<String, EpochMillis> {
+            it.iter()
+                .filter_map(|(k, v)| {
+                    let id = k.strip_prefix(prefix)?;
+                    let t = v.as_n().ok()?.parse().ok()?;
+                    Some((id.to_string(), EpochMillis(t)))
+                })
+                .collect()
+        };
+        let propagating = prefixed(PROP_PREFIX);
         let last_run = match get_s(it, "last_run") {
             None => None,
             Some(j) => serde_json::from_str(j).ok(),
@@ -331,7 +336,7 @@ pub mod codec {
         Ok(Ctl {
             organization_id: get_s(it, "organization_id").map(str::to_string),
             deleted_at: get_t(it, "deleted_at_ms"),
-            pending_users: set("pending_users"),
+            pending_users: prefixed(PENDING_USER_PREFIX),
             pending_groups: set("pending_groups"),
             full,
             full_applied_at: get_t(it, "full_applied_ms"),
@@ -682,6 +687,30 @@ impl DynamoStateStore {
     }
 }
 
+impl DynamoStateStore {
+    /// Remove these pending users if none has a later time than the one given; false if one has.
+    async fn drain_users(&self, dir: &str, lot: &[(String, EpochMillis)]) -> Result<bool, StoreError> {
+        let names: Vec<(String, String)> = lot
+            .iter()
+            .enumerate()
+            .map(|(j, (u, _))| (format!("#u{j}"), format!("{PENDING_USER_PREFIX}{u}")))
+            .collect();
+        let expr = format!(
+            "REMOVE {}",
+            names.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ")
+        );
+        let cond = (0..lot.len())
+            .map(|j| format!("(attribute_not_exists(#u{j}) OR #u{j} <= :t{j})"))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let keys: Vec<String> = (0..lot.len()).map(|j| format!(":t{j}")).collect();
+        let values: Vec<(&str, AttributeValue)> =
+            lot.iter().zip(&keys).map(|((_, t), k)| (k.as_str(), n(t.0))).collect();
+        let names: Vec<(&str, &str)> = names.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.update(dir, &expr, Some(&cond), &names, values).await
+    }
+}
+
 impl StateStore for DynamoStateStore {
     fn metered(&self, meter: Arc<Meter>) -> Self {
         let mut c = self.clone();
@@ -876,26 +905,40 @@ impl StateStore for DynamoStateStore {
     }
 
     async fn absorb(&self, dir: &str, a: &Absorb) -> Result<(), StoreError> {
-        let mut adds = Vec::new();
-        let mut values: Vec<(&str, AttributeValue)> = vec![(":k", s("ctl"))];
-        if !a.users.is_empty() {
-            adds.push("pending_users :u");
-            values.push((":u", AttributeValue::Ss(a.users.clone())));
+        // Users in lots of ABSORB_USERS (the update expression stays small); the groups and the
+        // full request's `first` ride on the first lot.
+        let lots: Vec<&[String]> = if a.users.is_empty() {
+            vec![&[]]
+        } else {
+            a.users.chunks(ABSORB_USERS).collect()
+        };
+        for (i, lot) in lots.into_iter().enumerate() {
+            let names: Vec<(String, String)> = lot
+                .iter()
+                .enumerate()
+                .map(|(j, u)| (format!("#u{j}"), format!("{PENDING_USER_PREFIX}{u}")))
+                .collect();
+            let mut expr = String::from("SET kind = :k");
+            let mut values: Vec<(&str, AttributeValue)> = vec![(":k", s("ctl"))];
+            if !lot.is_empty() {
+                values.push((":at", n(a.at.0)));
+                for (name, _) in &names {
+                    expr.push_str(&format!(", {name} = :at"));
+                }
+            }
+            if i == 0 {
+                if let Some(f) = &a.full {
+                    expr.push_str(", full_first_ms = if_not_exists(full_first_ms, :f)");
+                    values.push((":f", n(f.first.0)));
+                }
+                if !a.groups.is_empty() {
+                    expr.push_str(" ADD pending_groups :g");
+                    values.push((":g", AttributeValue::Ss(a.groups.clone())));
+                }
+            }
+            let names: Vec<(&str, &str)> = names.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            self.update(dir, &expr, None, &names, values).await?;
         }
-        if !a.groups.is_empty() {
-            adds.push("pending_groups :g");
-            values.push((":g", AttributeValue::Ss(a.groups.clone())));
-        }
-        let mut expr = String::from("SET kind = :k");
-        if let Some(f) = &a.full {
-            expr.push_str(", full_first_ms = if_not_exists(full_first_ms, :f)");
-            values.push((":f", n(f.first.0)));
-        }
-        if !adds.is_empty() {
-            expr.push_str(" ADD ");
-            expr.push_str(&adds.join(", "));
-        }
-        self.update(dir, &expr, None, &[], values).await?;
         if let Some(f) = &a.full {
             // The latest `after` wins; a failed condition means a later one is already there.
             self.update(
@@ -910,23 +953,28 @@ impl StateStore for DynamoStateStore {
         Ok(())
     }
 
-    async fn drain(&self, dir: &str, users: &[String], groups: &[String]) -> Result<(), StoreError> {
-        let mut dels = Vec::new();
-        let mut values = Vec::new();
-        if !users.is_empty() {
-            dels.push("pending_users :u");
-            values.push((":u", AttributeValue::Ss(users.to_vec())));
-        }
+    async fn drain(&self, dir: &str, users: &[(String, EpochMillis)], groups: &[String]) -> Result<(), StoreError> {
         if !groups.is_empty() {
-            dels.push("pending_groups :g");
-            values.push((":g", AttributeValue::Ss(groups.to_vec())));
+            self.update(
+                dir,
+                "DELETE pending_groups :g",
+                None,
+                &[],
+                vec![(":g", AttributeValue::Ss(groups.to_vec()))],
+            )
+            .await?;
         }
-        if dels.is_empty() {
-            return Ok(());
+        // Each user goes only if its pending time is at most the one given: a lot at once, and
+        // where a later request fails the lot's condition, one by one.
+        for lot in users.chunks(DRAIN_USERS) {
+            if self.drain_users(dir, lot).await? {
+                continue;
+            }
+            for one in lot {
+                self.drain_users(dir, std::slice::from_ref(one)).await?;
+            }
         }
-        self.update(dir, &format!("DELETE {}", dels.join(", ")), None, &[], values)
-            .await
-            .map(drop)
+        Ok(())
     }
 
     async fn change_ctl(&self, dir: &str, change: &CtlChange) -> Result<(), StoreError> {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::adapters::dynamo::{bill, item_size};
-use crate::adapters::dynamo_state::codec;
+use crate::adapters::dynamo_state::{codec, ABSORB_USERS, DRAIN_USERS};
 use crate::clock::{Clock, EpochMillis, EpochSeconds};
 use crate::model::{GroupRecord, UserRecord};
 use crate::ports::budget::RateBudget;
@@ -357,9 +357,14 @@ impl StateStore for MemState {
 
     async fn absorb(&self, dir: &str, a: &Absorb) -> Result<(), StoreError> {
         let mut d = lock(&self.data);
-        self.wrote(if a.full.is_some() { 2 } else { 1 });
+        // As the DynamoDB adapter: one update per ABSORB_USERS users (at least one), one more
+        // for a full request's `after`.
+        let updates = a.users.len().div_ceil(ABSORB_USERS).max(1) + usize::from(a.full.is_some());
+        self.wrote(updates as u64);
         let c = d.ctls.entry(dir.to_string()).or_default();
-        c.pending_users.extend(a.users.iter().cloned());
+        for u in &a.users {
+            c.pending_users.insert(u.clone(), a.at);
+        }
         c.pending_groups.extend(a.groups.iter().cloned());
         if let Some(f) = a.full {
             c.full = Some(match c.full {
@@ -373,16 +378,28 @@ impl StateStore for MemState {
         Ok(())
     }
 
-    async fn drain(&self, dir: &str, users: &[String], groups: &[String]) -> Result<(), StoreError> {
+    async fn drain(&self, dir: &str, users: &[(String, EpochMillis)], groups: &[String]) -> Result<(), StoreError> {
         if users.is_empty() && groups.is_empty() {
             return Ok(());
         }
         let mut d = lock(&self.data);
-        self.wrote(1);
         let c = d.ctls.entry(dir.to_string()).or_default();
-        for u in users {
-            c.pending_users.remove(u);
+        // As the DynamoDB adapter: one conditional update per DRAIN_USERS users; where a later
+        // request makes its condition fail, one update per user of that lot; one for the groups.
+        let mut updates = u64::from(!groups.is_empty());
+        for lot in users.chunks(DRAIN_USERS) {
+            updates += 1;
+            let later = |(u, t): &(String, EpochMillis)| c.pending_users.get(u).is_some_and(|p| p > t);
+            if lot.iter().any(later) {
+                updates += lot.len() as u64;
+            }
+            for (u, t) in lot {
+                if c.pending_users.get(u).is_some_and(|p| p <= t) {
+                    c.pending_users.remove(u);
+                }
+            }
         }
+        self.wrote(updates);
         for g in groups {
             c.pending_groups.remove(g);
         }

@@ -204,8 +204,10 @@ pub struct FullRequest {
 pub struct Ctl {
     pub organization_id: Option<String>,
     pub deleted_at: Option<EpochMillis>,
-    /// Users with an event received and not yet applied.
-    pub pending_users: BTreeSet<String>,
+    /// Users with an event received and not yet applied → when the latest request for the user
+    /// was handed over (after its event was queued). A read of the user, or of the whole
+    /// directory, that began after that time reflects it.
+    pub pending_users: BTreeMap<String, EpochMillis>,
     /// Groups with an event received and not yet applied.
     pub pending_groups: BTreeSet<String>,
     pub full: Option<FullRequest>,
@@ -224,6 +226,19 @@ pub struct Absorb {
     pub users: Vec<String>,
     pub groups: Vec<String>,
     pub full: Option<FullRequest>,
+    /// When the requests are handed over: each user's pending time becomes this.
+    pub at: EpochMillis,
+}
+
+impl Ctl {
+    /// Is a request for this user pending that no applied read reflects yet? A read of the
+    /// user (`applied_at`) or of the whole directory that began after the request reflects it.
+    pub fn user_pending(&self, user_id: &str, applied_at: Option<EpochMillis>) -> bool {
+        self.pending_users.get(user_id).is_some_and(|&t| {
+            let reflected = |a: Option<EpochMillis>| a.is_some_and(|a| a > t);
+            !reflected(applied_at) && !reflected(self.full_applied_at)
+        })
+    }
 }
 
 /// Holder-side changes to the control record.
@@ -408,13 +423,15 @@ pub trait StateStore: Clone + Send + Sync + 'static {
 
     /// The control record (the default if there is none).
     fn ctl(&self, dir: &str) -> impl Future<Output = Result<Ctl, StoreError>> + Send;
-    /// Add pending users and groups, and merge a full request (earliest `first`, latest `after`).
+    /// Add pending users (their time set to `a.at`) and groups, and merge a full request
+    /// (earliest `first`, latest `after`).
     fn absorb(&self, dir: &str, a: &Absorb) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Remove exactly these pending users and groups.
+    /// Remove each pending user whose time is at most the one given (a later request for it
+    /// stays pending), and these pending groups.
     fn drain(
         &self,
         dir: &str,
-        users: &[String],
+        users: &[(String, EpochMillis)],
         groups: &[String],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn change_ctl(&self, dir: &str, change: &CtlChange) -> impl Future<Output = Result<(), StoreError>> + Send;

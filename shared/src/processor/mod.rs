@@ -494,11 +494,12 @@ where
         Ok(left)
     }
 
-    /// How long a deferred event stays away: about a chunk when another worker holds the
-    /// directory; doubling from 15 s with each receive while it waits for a longer job.
+    /// How long a deferred event stays away: `defer_min`, doubling with each receive up to
+    /// `defer_max`, whether the directory's holder took the request or a longer job (a
+    /// reconcile, say) is what it waits for; at `maxReceiveCount` 20 that spans hours, never a
+    /// run of quick returns to the dead letters. After a failure, `retry_after_failure`.
     fn defer_delay(&self, ran: &Ran, record: &Record) -> Option<Duration> {
         match ran {
-            Ran::Busy => Some(self.config.defer_min),
             Ran::Failed { .. } => Some(self.config.engine.retry_after_failure),
             _ => {
                 let n = record.receive_count.saturating_sub(1).min(10);
