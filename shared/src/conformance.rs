@@ -476,6 +476,19 @@ async fn control_record<S: StateStore>(s: &S, dir: &str) {
         "a read begun at the request's time does not reflect it"
     );
     assert!(!c.user_pending("u2", Some(t(2001))), "a read begun after it does");
+    // An older request delivered late never moves the time back.
+    s.absorb(
+        dir,
+        &Absorb {
+            users: vec!["u2".into()],
+            at: t(1500),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("absorb older");
+    assert_eq!(s.pending_user(dir, "u2").await.expect("pending u2"), Some(t(2000)));
+    assert_eq!(s.pending_user(dir, "zz").await.expect("pending zz"), None);
     let all: Vec<(String, EpochMillis)> = c.pending_users.keys().map(|u| (u.clone(), t(1999))).collect();
     s.drain(dir, &all, &[]).await.expect("drain all before 1999");
     let c = s.ctl(dir).await.expect("ctl");
@@ -485,6 +498,39 @@ async fn control_record<S: StateStore>(s: &S, dir: &str) {
     let all: Vec<(String, EpochMillis)> = c.pending_users.keys().map(|u| (u.clone(), t(2000))).collect();
     s.drain(dir, &all, &[]).await.expect("drain all");
     assert!(s.ctl(dir).await.expect("ctl").pending_users.is_empty());
+    // More pending users than the control record's page: paged, each found on its own.
+    let lots: Vec<String> = (0..PENDING_PAGE + 5).map(|i| format!("p{i:04}")).collect();
+    s.absorb(
+        dir,
+        &Absorb {
+            users: lots.clone(),
+            at: t(3000),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("absorb a page and more");
+    let c = s.ctl(dir).await.expect("ctl");
+    assert_eq!(c.pending_users.len(), PENDING_PAGE);
+    assert!(c.pending_users_more);
+    let last = lots[PENDING_PAGE - 1].as_str();
+    assert!(c.pending_users.contains_key(last) && !c.pending_users.contains_key(&lots[PENDING_PAGE]));
+    let (rest, more) = s.pending_users(dir, Some(last), 100).await.expect("next page");
+    assert_eq!(rest.len(), 5);
+    assert!(!more);
+    assert_eq!(rest[0], (lots[PENDING_PAGE].clone(), t(3000)));
+    let (exact, more) = s.pending_users(dir, None, PENDING_PAGE + 5).await.expect("exact page");
+    assert_eq!((exact.len(), more), (PENDING_PAGE + 5, false));
+    assert_eq!(
+        s.pending_user(dir, &lots[PENDING_PAGE + 4])
+            .await
+            .expect("beyond the page"),
+        Some(t(3000))
+    );
+    let all: Vec<(String, EpochMillis)> = lots.iter().map(|u| (u.clone(), t(3000))).collect();
+    s.drain(dir, &all, &[]).await.expect("drain the lot");
+    let c = s.ctl(dir).await.expect("ctl");
+    assert!(c.pending_users.is_empty() && !c.pending_users_more);
     // Full requests: the earliest `first`, the latest `after`.
     for (first, after) in [(100, 150), (90, 140), (120, 200), (80, 160)] {
         s.absorb(

@@ -103,6 +103,19 @@ pub struct Asked {
     pub received: Option<EpochMillis>,
 }
 
+impl Asked {
+    /// A read that begins after this time reflects all of them (after the latest queueing, or
+    /// at the latest `created_at + margin`): the time their user requests are pending from. It
+    /// is the same on every delivery of the same events, so a redelivery never pushes it later.
+    pub fn since(&self) -> Option<EpochMillis> {
+        let by_clock = self.hint.map(|h| h.saturating_sub(Duration::from_millis(1)));
+        match (self.received, by_clock) {
+            (Some(r), Some(h)) => Some(r.min(h)),
+            (r, h) => r.or(h),
+        }
+    }
+}
+
 /// What one call to [`Engine::run`] came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ran {
@@ -213,7 +226,6 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Engine<A, S, Q, K> 
         asked: &Asked,
         deadline: EpochMillis,
     ) -> Result<Ran, EngineError> {
-        let hint = asked.hint;
         let now = self.clock.now();
         let chunk_end = now.saturating_add(self.cfg.chunk).min(deadline);
         let fence = self.store.fence(dir).await?;
@@ -226,7 +238,10 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Engine<A, S, Q, K> 
                 kept = requests
                     .iter()
                     .filter(|r| match (&job.kind, r) {
-                        (JobKind::Reconcile, Request::User(_) | Request::Group(_)) => false,
+                        // User requests stay: they go to the control record, where the gate sees
+                        // them pending until the run is applied (the holder does not read them
+                        // again: `merge_ctl`).
+                        (JobKind::Reconcile, Request::Group(_)) => false,
                         (JobKind::Group { group_id }, Request::Group(g)) => g != group_id,
                         _ => true,
                     })
@@ -241,14 +256,16 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Engine<A, S, Q, K> 
                 return Ok(Ran::Deleted);
             }
             if f.value.owner.is_some() && f.value.lease_until > now {
-                self.absorb(dir, requests, hint, None).await?;
+                self.absorb(dir, requests, asked, None).await?;
                 return Ok(Ran::Busy);
             }
         }
         if requests.is_empty() && fence.as_ref().is_none_or(|f| f.value.job.is_none()) {
             let ctl = self.store.ctl(dir).await?;
             if !ctl.pending_users.keys().any(|u| ctl.user_pending(u, None))
+                && !ctl.pending_users_more
                 && ctl.pending_groups.is_empty()
+                && ctl.propagating.is_empty()
                 && ctl.full.is_none()
                 && ctl.full_applied_at.is_some()
             {
@@ -265,7 +282,7 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Engine<A, S, Q, K> 
             .put_fence(dir, &lease, fence.as_ref().map(|f| f.version))
             .await?
         else {
-            self.absorb(dir, requests, hint, None).await?;
+            self.absorb(dir, requests, asked, None).await?;
             return Ok(Ran::Busy);
         };
         self.api.pace_from(dir, lease.pace_next);
@@ -295,9 +312,33 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Engine<A, S, Q, K> 
             job_chunk_counted: false,
             groups_loaded: false,
             propagating: BTreeSet::new(),
-            hint,
+            users_later: false,
+            asked: *asked,
         };
-        let result = chunk.work(requests).await;
+        let mut result = chunk.work(requests).await;
+        if let Err(EngineError::BadJob(why)) = &result {
+            // A job whose stored progress does not add up (a holder that lost its lease wrote
+            // late, say) would fail every chunk forever: drop it and start that work afresh
+            // under a new run id, which late writes of the old one cannot touch.
+            let dropped = match chunk.fence.job.take() {
+                Some(j) if j.kind == JobKind::Purge => {
+                    chunk.fence.job = Some(j);
+                    None
+                }
+                other => other,
+            };
+            if let Some(j) = dropped {
+                tracing::error!(directory_id = %dir, run = %j.id, error = %why, "stored job inconsistent; started again");
+                match j.kind {
+                    JobKind::Reconcile => chunk.want_full(now),
+                    JobKind::Group { group_id } => {
+                        chunk.pending_groups.insert(group_id);
+                    }
+                    JobKind::Purge => {}
+                }
+                result = Ok(());
+            }
+        }
         let outcome = chunk.finish(result.is_ok()).await;
         let mut report = chunk.report.clone();
         report.workos_calls = chunk.budget.calls();
@@ -333,12 +374,13 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Engine<A, S, Q, K> 
         &self,
         dir: &str,
         requests: &[Request],
-        hint: Option<EpochMillis>,
+        asked: &Asked,
         ctl: Option<&Ctl>,
     ) -> Result<(), StoreError> {
         let now = self.clock.now();
+        let hint = asked.hint;
         let mut a = Absorb {
-            at: now,
+            at: asked.since().map_or(now, |t| t.min(now)),
             ..Absorb::default()
         };
         for r in requests {
@@ -355,13 +397,12 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Engine<A, S, Q, K> 
                 Request::Purge => {}
             }
         }
-        // Bounded: the control record stays far below DynamoDB's 400 KB item limit; past the
-        // bounds a reconcile is asked for instead.
-        let (pending_users, pending_groups) = ctl.map_or((0, 0), |c| (c.pending_users.len(), c.pending_groups.len()));
-        if a.users.len() + pending_users > self.cfg.max_pending_users
-            || a.groups.len() + pending_groups > self.cfg.max_pending_groups
-        {
-            a.users.clear();
+        // Pending users are items of their own: always recorded (the gate reads them; the
+        // holder escalates to a full read when they are many). Pending groups live in the
+        // control record, which stays far below DynamoDB's 400 KB item limit: past the bound a
+        // reconcile is asked for instead.
+        let pending_groups = ctl.map_or(0, |c| c.pending_groups.len());
+        if a.groups.len() + pending_groups > self.cfg.max_pending_groups {
             a.groups.clear();
             let after = hint.unwrap_or(now).max(now);
             let f = a.full.get_or_insert(FullRequest { first: now, after });
@@ -410,9 +451,12 @@ struct Chunk<'e, A, S, Q, K> {
     groups_loaded: bool,
     /// Groups whose change is still being carried to their members (mirrors the control record).
     propagating: BTreeSet<String>,
-    /// The latest `created_at + margin` of the events that asked for this work: a full read
-    /// begun after it reflects all of them by clock.
-    hint: Option<EpochMillis>,
+    /// Pending users asked for in this very millisecond: a read must begin after it, so they
+    /// wait for a continuation a millisecond on.
+    users_later: bool,
+    /// When the events that asked for this work came to exist (`asked.hint`: a full read begun
+    /// after it reflects all of them by clock).
+    asked: Asked,
 }
 
 /// Names from the group cache.
@@ -478,7 +522,7 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
             .cloned()
             .collect();
         if !own.is_empty() {
-            self.e.absorb(&self.dir, &own, self.hint, Some(&ctl)).await?;
+            self.e.absorb(&self.dir, &own, &self.asked, Some(&ctl)).await?;
             ctl = self.store.ctl(&self.dir).await?;
         }
         for r in requests {
@@ -492,9 +536,28 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
             }
         }
         self.merge_ctl(&ctl);
+        if self.fence.job.is_none() && self.full.is_none() {
+            // With no job running, nobody is carrying a change: a group still marked changing
+            // was left by a holder that stopped (or lost its lease) part-way. Read it again; its
+            // job clears the mark.
+            self.pending_groups.extend(ctl.propagating.keys().cloned());
+        }
+        if let Some(full) = ctl.full_applied_at {
+            // Left behind by a run that stopped between applying and tidying: tidy now.
+            let upto = full.saturating_sub(Duration::from_millis(1));
+            let tidy: Vec<(String, EpochMillis)> = ctl
+                .pending_users
+                .iter()
+                .filter(|(_, t)| **t <= upto)
+                .map(|(u, _)| (u.clone(), upto))
+                .collect();
+            if !tidy.is_empty() {
+                self.store.drain(&self.dir, &tidy, &[]).await?;
+            }
+        }
         if !self.deleted_now && ctl.full_applied_at.is_none() && self.fence.job.is_none() {
             // Never read in full: the first complete read is due (an initial sync).
-            let after = self.hint.unwrap_or(self.now());
+            let after = self.asked.hint.unwrap_or(self.now());
             self.want_full(after);
         }
         self.escalate(&ctl).await?;
@@ -560,11 +623,26 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
                     self.store
                         .change_ctl(&self.dir, &CtlChange::ClearFull { upto: now })
                         .await?;
-                    let covered: Vec<String> = asked
+                    let covered: BTreeSet<String> = asked
                         .into_iter()
                         .chain(std::mem::take(&mut self.pending_groups))
                         .collect();
+                    // Their members stay unknown to the gate until the run has listed the group
+                    // (the mark moves from "pending" to "changing" before the pending one goes).
+                    for g in &covered {
+                        self.store
+                            .change_ctl(
+                                &self.dir,
+                                &CtlChange::Propagating {
+                                    group_id: g.clone(),
+                                    since: now,
+                                },
+                            )
+                            .await?;
+                        self.propagating.insert(g.clone());
+                    }
                     if !covered.is_empty() {
+                        let covered: Vec<String> = covered.into_iter().collect();
                         self.store.drain(&self.dir, &[], &covered).await?;
                     }
                     continue;
@@ -601,12 +679,17 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
                 Some(j) if j.kind == JobKind::Reconcile => Some(EpochMillis(j.started_at)),
                 _ => None,
             };
-            self.users.extend(
-                ctl.pending_users
-                    .iter()
-                    .filter(|(u, t)| ctl.user_pending(u, None) && running.is_none_or(|r| **t >= r))
-                    .map(|(u, _)| u.clone()),
-            );
+            let now = self.now();
+            for (u, t) in &ctl.pending_users {
+                if !ctl.user_pending(u, None) || running.is_some_and(|r| *t < r) {
+                    continue;
+                }
+                if *t < now {
+                    self.users.insert(u.clone());
+                } else {
+                    self.users_later = true;
+                }
+            }
         }
         if ctl.organization_id.is_some() {
             self.tenant_org.clone_from(&ctl.organization_id);
@@ -616,7 +699,14 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
     /// Too much per-object work costs more than one full read: do that instead. With no full
     /// read yet (one is due anyway), a handful of users is enough.
     async fn escalate(&mut self, ctl: &Ctl) -> Result<(), EngineError> {
-        let users = self.users.len() as u64;
+        // More pending users than a page: a full read, unless a running one is about to reflect
+        // those asked before it (the rest show up on the first page once it is applied).
+        let reconciling = self.fence.job.as_ref().is_some_and(|j| j.kind == JobKind::Reconcile);
+        let users = if ctl.pending_users_more && !reconciling {
+            u64::MAX
+        } else {
+            self.users.len() as u64
+        };
         let cost = match ctl.full_cost {
             Some(c) => c.max(1),
             None if self.full.is_some() => self.e.cfg.reconcile_threshold as u64,
@@ -626,7 +716,7 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
             || (users > cost && users >= self.e.cfg.reconcile_threshold as u64)
             || self.pending_groups.len() > self.e.cfg.max_pending_groups
         {
-            let after = self.hint.unwrap_or(self.now()).max(self.now());
+            let after = self.asked.hint.unwrap_or(self.now()).max(self.now());
             self.want_full(after);
             // The full read that begins after now covers every one of them. The users stay
             // pending in the control record (the gate keeps them unknown) until it is applied.
@@ -639,15 +729,36 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
         Ok(())
     }
 
+    /// Remove every pending user whose request a directory-wide read that began after
+    /// `before` reflects (page by page: there may be many).
+    async fn drain_reflected(&mut self, before: EpochMillis) -> Result<(), EngineError> {
+        let mut after: Option<String> = None;
+        loop {
+            let (page, more) = self.store.pending_users(&self.dir, after.as_deref(), 1000).await?;
+            after = page.last().map(|(u, _)| u.clone());
+            let reflected: Vec<(String, EpochMillis)> = page
+                .into_iter()
+                .filter(|(_, t)| *t <= before)
+                .map(|(u, _)| (u, before))
+                .collect();
+            if !reflected.is_empty() {
+                self.store.drain(&self.dir, &reflected, &[]).await?;
+            }
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
     /// Checkpoint, hand back what is left, release the lease, and queue a continuation.
     async fn finish(&mut self, worked: bool) -> Result<(), EngineError> {
-        let mut leftovers: Vec<Request> = self.users.iter().cloned().map(Request::User).collect();
-        leftovers.extend(self.pending_groups.iter().cloned().map(Request::Group));
+        // (Users left unread are still in the control record, with their own times.)
+        let mut leftovers: Vec<Request> = self.pending_groups.iter().cloned().map(Request::Group).collect();
         if let Some(f) = self.full {
             leftovers.push(Request::Full { after: f.after });
         }
         if !leftovers.is_empty() {
-            self.e.absorb(&self.dir, &leftovers, None, None).await?;
+            self.e.absorb(&self.dir, &leftovers, &Asked::default(), None).await?;
         }
         self.fence.owner = None;
         self.fence.pace_next = self.e.api.pace_next(&self.dir).unwrap_or(self.fence.pace_next);
@@ -661,6 +772,7 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
             || (!self.pending_groups.is_empty() && self.full.is_none());
         let delay = match (more, self.full) {
             (true, _) => Some(Duration::ZERO),
+            (false, _) if self.users_later => Some(Duration::from_millis(1)),
             (false, Some(f)) => {
                 let due = f.after.min(f.first.saturating_add(self.e.cfg.debounce_max));
                 Some(due.remaining_from(self.now()))
@@ -1334,7 +1446,10 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
                 started: Some(started),
             },
             None => {
-                self.propagated(&gid).await?;
+                // A group found gone keeps its mark until the sweep has removed its memberships.
+                if !self.groups.get(&gid).is_some_and(|g| g.value.is_deleted()) {
+                    self.propagated(&gid).await?;
+                }
                 next_group
             }
         }))
@@ -1734,20 +1849,25 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
                 self.store
                     .change_ctl(&self.dir, &CtlChange::FullApplied { at: started, cost })
                     .await?;
-                // Every user asked for before the run began is reflected now.
+                // Every user asked for before the run began is reflected now, and every group
+                // marked before it (a mark left here is of a group the run did not list: gone).
                 let before = started.saturating_sub(Duration::from_millis(1));
-                let reflected: Vec<(String, EpochMillis)> = self
-                    .store
-                    .ctl(&self.dir)
-                    .await?
-                    .pending_users
-                    .into_iter()
-                    .filter(|(_, t)| *t <= before)
-                    .map(|(u, _)| (u, before))
-                    .collect();
-                if !reflected.is_empty() {
-                    self.store.drain(&self.dir, &reflected, &[]).await?;
+                let ctl = self.store.ctl(&self.dir).await?;
+                for (g, since) in &ctl.propagating {
+                    if *since <= started {
+                        self.store
+                            .change_ctl(
+                                &self.dir,
+                                &CtlChange::Propagated {
+                                    group_id: g.clone(),
+                                    upto: started,
+                                },
+                            )
+                            .await?;
+                        self.propagating.remove(g);
+                    }
                 }
+                self.drain_reflected(before).await?;
             }
             JobKind::Group { group_id } => {
                 if let Some(g) = self.groups.get(group_id).cloned() {

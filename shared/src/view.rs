@@ -4,16 +4,18 @@
 //! Every read is a strongly consistent read of the base table (no index), so a write the
 //! processor has finished is visible to the very next check.
 //!
-//! A user's view is *current* when no received event about the user is still pending, no change
-//! of one of its groups is still being carried to its members, and the user itself has been read.
+//! A user's view is *current* when no received event about the user is still pending, none of
+//! its groups has an event pending or a change still being carried to its members, and the user
+//! itself has been read.
 //! Find users the way an app knows them after SSO login: organization + e-mail, organization +
 //! IdP id, or the directory user id (with or without its directory).
 
 use std::collections::BTreeSet;
 
+use crate::clock::EpochMillis;
 use crate::directory::UserState;
 use crate::model::{email_hash, idp_hash, UserRecord};
-use crate::ports::state::{Ctl, LookupKind, StateStore};
+use crate::ports::state::{reflected, Ctl, LookupKind, StateStore};
 use crate::ports::StoreError;
 
 /// The gate's answer.
@@ -73,16 +75,21 @@ impl UserView {
         self.decide(entitlement) == Decision::Granted
     }
 
-    fn of(directory_id: &str, u: UserRecord, ctl: &Ctl) -> Self {
-        let stale = if ctl.user_pending(&u.user_id, u.applied_at) {
+    /// `pending`: the user's pending time, if it has one.
+    fn of(directory_id: &str, u: UserRecord, ctl: &Ctl, pending: Option<EpochMillis>) -> Self {
+        let stale = if pending.is_some_and(|t| !reflected(t, u.applied_at, ctl.full_applied_at)) {
             Some(Staleness::PendingEvent)
         } else if u.state.is_none() {
             Some(Staleness::NeverRead)
         } else if u.member_of().any(|g| {
-            // Computed in the same millisecond as the change was seen counts as before it.
-            ctl.propagating
-                .get(g)
-                .is_some_and(|since| u.computed_at.is_none_or(|c| c <= *since))
+            // A group with an event received and not yet read, or whose change is still being
+            // carried to its members (computed in the same millisecond as the change was seen
+            // counts as before it).
+            ctl.pending_groups.contains(g)
+                || ctl
+                    .propagating
+                    .get(g)
+                    .is_some_and(|since| u.computed_at.is_none_or(|c| c <= *since))
         }) {
             Some(Staleness::GroupChanging)
         } else {
@@ -135,7 +142,18 @@ impl<S: StateStore> EntitlementReader<S> {
         EntitlementReader { store }
     }
 
-    /// A user of a directory (2 strongly consistent reads).
+    /// A user's pending time: from the control record's first page, or (when there are more
+    /// pending users than it holds) read on its own.
+    async fn pending(&self, dir: &str, ctl: &Ctl, user_id: &str) -> Result<Option<EpochMillis>, StoreError> {
+        match ctl.pending_users.get(user_id) {
+            Some(t) => Ok(Some(*t)),
+            None if ctl.pending_users_more => self.store.pending_user(dir, user_id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// A user of a directory (3 strongly consistent reads: control record, pending users, user;
+    /// a 4th while more users are pending than the control record's first page holds).
     pub async fn user(&self, directory_id: &str, user_id: &str) -> Result<Lookup, StoreError> {
         let ctl = self.store.ctl(directory_id).await?;
         if ctl.deleted_at.is_some() {
@@ -147,7 +165,8 @@ impl<S: StateStore> EntitlementReader<S> {
         if u.value.state == Some(UserState::Deleted) {
             return Ok(Lookup::NotFound);
         }
-        Ok(Lookup::Found(UserView::of(directory_id, u.value, &ctl)))
+        let pending = self.pending(directory_id, &ctl, user_id).await?;
+        Ok(Lookup::Found(UserView::of(directory_id, u.value, &ctl, pending)))
     }
 
     /// A user by directory user id alone.
@@ -187,7 +206,8 @@ impl<S: StateStore> EntitlementReader<S> {
             if stored != Some(hash) || u.value.state == Some(UserState::Deleted) {
                 continue;
             }
-            found.push(UserView::of(&dir, u.value, &ctl));
+            let pending = self.pending(&dir, &ctl, &uid).await?;
+            found.push(UserView::of(&dir, u.value, &ctl, pending));
         }
         Ok(match found.len() {
             0 => Lookup::NotFound,
@@ -228,7 +248,8 @@ impl<S: StateStore> EntitlementReader<S> {
             let page = self.store.users_page(directory_id, after.as_deref(), 1000).await?;
             for u in page.items {
                 if u.value.state != Some(UserState::Deleted) {
-                    out.push(UserView::of(directory_id, u.value, &ctl));
+                    let pending = self.pending(directory_id, &ctl, &u.value.user_id).await?;
+                    out.push(UserView::of(directory_id, u.value, &ctl, pending));
                 }
             }
             match page.after {

@@ -214,6 +214,21 @@ impl<S: StateStore> StateStore for Crashy<S> {
     async fn ctl(&self, dir: &str) -> Result<Ctl, StoreError> {
         self.plan.point("ctl", self.inner.ctl(dir)).await
     }
+    async fn pending_users(
+        &self,
+        dir: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(String, EpochMillis)>, bool), StoreError> {
+        self.plan
+            .point("pending_users", self.inner.pending_users(dir, after, limit))
+            .await
+    }
+    async fn pending_user(&self, dir: &str, user_id: &str) -> Result<Option<EpochMillis>, StoreError> {
+        self.plan
+            .point("pending_user", self.inner.pending_user(dir, user_id))
+            .await
+    }
     async fn absorb(&self, dir: &str, a: &Absorb) -> Result<(), StoreError> {
         self.plan.point("absorb", self.inner.absorb(dir, a)).await
     }
@@ -1120,11 +1135,20 @@ where
                             users += 1;
                         }
                     }
-                    if users > 0 || !c.pending_groups.is_empty() || c.full.is_some() {
+                    if users > 0
+                        || c.pending_users_more
+                        || !c.pending_groups.is_empty()
+                        || c.full.is_some()
+                        || !c.propagating.is_empty()
+                    {
                         problems.push(format!(
-                            "{d} at rest with work pending: {users} users, {} groups, full {:?}",
+                            "{d} at rest with work pending: {users} users (more: {}), {} groups, full {:?}, \
+                             groups still marked changing: {:?} (full applied from {:?})",
+                            c.pending_users_more,
                             c.pending_groups.len(),
-                            c.full
+                            c.full,
+                            c.propagating,
+                            c.full_applied_at
                         ));
                     }
                 }

@@ -63,12 +63,13 @@ pub fn cursor_pk(name: &str) -> String {
     format!("cursor#{name}")
 }
 const PROP_PREFIX: &str = "prop#";
-/// A pending user in the control record: `pu#<user id>` = when its latest request was handed over.
-const PENDING_USER_PREFIX: &str = "pu#";
-/// Most pending users one control-record update adds.
-pub const ABSORB_USERS: usize = 50;
-/// Most pending users one conditional control-record update removes.
-pub const DRAIN_USERS: usize = 25;
+/// A pending user: an item of its own, `pending#<user id>`, its time in `t`.
+const PENDING_USER_PREFIX: &str = "pending#";
+fn pending_sk(uid: &str) -> String {
+    format!("{PENDING_USER_PREFIX}{uid}")
+}
+/// Pending-user writes in flight at once.
+const PENDING_CONCURRENCY: usize = 16;
 /// How long a reconcile's fingerprints and a run summary are kept.
 const SEEN_TTL: Duration = Duration::from_secs(7 * 86_400);
 const RUN_TTL: Duration = Duration::from_secs(90 * 86_400);
@@ -278,9 +279,6 @@ pub mod codec {
             it.insert("organization_id".into(), s(o));
         }
         opt_n(&mut it, "deleted_at_ms", c.deleted_at);
-        for (u, t) in &c.pending_users {
-            it.insert(format!("{PENDING_USER_PREFIX}{u}"), n(t.0));
-        }
         if !c.pending_groups.is_empty() {
             it.insert(
                 "pending_groups".into(),
@@ -304,6 +302,22 @@ pub mod codec {
             it.insert("full_cost".into(), n(c));
         }
         it
+    }
+
+    /// A pending user's item.
+    pub fn pending_user(dir: &str, uid: &str, t: EpochMillis) -> Item {
+        let mut it = key(dir_pk(dir), pending_sk(uid));
+        it.insert("kind".into(), s("pending"));
+        it.insert("t".into(), n(t.0));
+        it
+    }
+
+    pub fn parse_pending_user(it: &Item) -> Result<(String, EpochMillis), StoreError> {
+        let uid = get_s(it, SK)
+            .and_then(|k| k.strip_prefix(PENDING_USER_PREFIX))
+            .ok_or_else(|| malformed("pending user key"))?;
+        let t = get_t(it, "t").ok_or_else(|| malformed("pending user time"))?;
+        Ok((uid.to_string(), t))
     }
 
     pub fn parse_ctl(it: &Item) -> Result<Ctl, StoreError> {
@@ -336,7 +350,8 @@ pub mod codec {
         Ok(Ctl {
             organization_id: get_s(it, "organization_id").map(str::to_string),
             deleted_at: get_t(it, "deleted_at_ms"),
-            pending_users: prefixed(PENDING_USER_PREFIX),
+            pending_users: BTreeMap::new(),
+            pending_users_more: false,
             pending_groups: set("pending_groups"),
             full,
             full_applied_at: get_t(it, "full_applied_ms"),
@@ -688,26 +703,37 @@ impl DynamoStateStore {
 }
 
 impl DynamoStateStore {
-    /// Remove these pending users if none has a later time than the one given; false if one has.
-    async fn drain_users(&self, dir: &str, lot: &[(String, EpochMillis)]) -> Result<bool, StoreError> {
-        let names: Vec<(String, String)> = lot
-            .iter()
-            .enumerate()
-            .map(|(j, (u, _))| (format!("#u{j}"), format!("{PENDING_USER_PREFIX}{u}")))
-            .collect();
-        let expr = format!(
-            "REMOVE {}",
-            names.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ")
-        );
-        let cond = (0..lot.len())
-            .map(|j| format!("(attribute_not_exists(#u{j}) OR #u{j} <= :t{j})"))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        let keys: Vec<String> = (0..lot.len()).map(|j| format!(":t{j}")).collect();
-        let values: Vec<(&str, AttributeValue)> =
-            lot.iter().zip(&keys).map(|((_, t), k)| (k.as_str(), n(t.0))).collect();
-        let names: Vec<(&str, &str)> = names.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        self.update(dir, &expr, Some(&cond), &names, values).await
+    /// Raise one user's pending time to `at` (never lower it). A failed condition means a later
+    /// request is already there.
+    async fn raise_pending(&self, dir: &str, uid: &str, at: EpochMillis) -> Result<(), StoreError> {
+        self.wrote(1);
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(dir_pk(dir), pending_sk(uid))))
+            .update_expression("SET kind = :k, t = :t")
+            .condition_expression("attribute_not_exists(t) OR t < :t")
+            .expression_attribute_values(":k", s("pending"))
+            .expression_attribute_values(":t", n(at.0))
+            .send()
+            .await;
+        applied(r).map(|_| ())
+    }
+
+    /// Remove one pending user if its time is at most `upto` (a later request stays).
+    async fn drop_pending(&self, dir: &str, uid: &str, upto: EpochMillis) -> Result<(), StoreError> {
+        self.wrote(1);
+        let r = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(dir_pk(dir), pending_sk(uid))))
+            .condition_expression("t <= :u")
+            .expression_attribute_values(":u", n(upto.0))
+            .send()
+            .await;
+        applied(r).map(|_| ())
     }
 }
 
@@ -898,46 +924,70 @@ impl StateStore for DynamoStateStore {
     }
 
     async fn ctl(&self, dir: &str) -> Result<Ctl, StoreError> {
-        match self.get(dir_pk(dir), CTL_SK.to_string()).await? {
-            None => Ok(Ctl::default()),
-            Some(it) => codec::parse_ctl(&it),
+        let (item, pending) = futures::future::join(
+            self.get(dir_pk(dir), CTL_SK.to_string()),
+            self.pending_users(dir, None, PENDING_PAGE),
+        )
+        .await;
+        let mut c = match item? {
+            None => Ctl::default(),
+            Some(it) => codec::parse_ctl(&it)?,
+        };
+        let (users, more) = pending?;
+        c.pending_users = users.into_iter().collect();
+        c.pending_users_more = more;
+        Ok(c)
+    }
+
+    async fn pending_users(
+        &self,
+        dir: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(String, EpochMillis)>, bool), StoreError> {
+        let after = after.map(pending_sk);
+        // One more than asked for tells whether more follow.
+        let (items, _) = self
+            .query(
+                &dir_pk(dir),
+                PENDING_USER_PREFIX,
+                after.as_deref(),
+                Some(limit.max(1) + 1),
+            )
+            .await?;
+        let mut users = items
+            .iter()
+            .map(codec::parse_pending_user)
+            .collect::<Result<Vec<_>, _>>()?;
+        let more = users.len() > limit.max(1);
+        users.truncate(limit.max(1));
+        Ok((users, more))
+    }
+
+    async fn pending_user(&self, dir: &str, user_id: &str) -> Result<Option<EpochMillis>, StoreError> {
+        match self.get(dir_pk(dir), pending_sk(user_id)).await? {
+            None => Ok(None),
+            Some(it) => codec::parse_pending_user(&it).map(|(_, t)| Some(t)),
         }
     }
 
     async fn absorb(&self, dir: &str, a: &Absorb) -> Result<(), StoreError> {
-        // Users in lots of ABSORB_USERS (the update expression stays small); the groups and the
-        // full request's `first` ride on the first lot.
-        let lots: Vec<&[String]> = if a.users.is_empty() {
-            vec![&[]]
-        } else {
-            a.users.chunks(ABSORB_USERS).collect()
-        };
-        for (i, lot) in lots.into_iter().enumerate() {
-            let names: Vec<(String, String)> = lot
-                .iter()
-                .enumerate()
-                .map(|(j, u)| (format!("#u{j}"), format!("{PENDING_USER_PREFIX}{u}")))
-                .collect();
+        use futures::stream::{self, TryStreamExt};
+        stream::iter(a.users.iter().map(Ok))
+            .try_for_each_concurrent(PENDING_CONCURRENCY, |u| self.raise_pending(dir, u, a.at))
+            .await?;
+        if a.full.is_some() || !a.groups.is_empty() {
             let mut expr = String::from("SET kind = :k");
             let mut values: Vec<(&str, AttributeValue)> = vec![(":k", s("ctl"))];
-            if !lot.is_empty() {
-                values.push((":at", n(a.at.0)));
-                for (name, _) in &names {
-                    expr.push_str(&format!(", {name} = :at"));
-                }
+            if let Some(f) = &a.full {
+                expr.push_str(", full_first_ms = if_not_exists(full_first_ms, :f)");
+                values.push((":f", n(f.first.0)));
             }
-            if i == 0 {
-                if let Some(f) = &a.full {
-                    expr.push_str(", full_first_ms = if_not_exists(full_first_ms, :f)");
-                    values.push((":f", n(f.first.0)));
-                }
-                if !a.groups.is_empty() {
-                    expr.push_str(" ADD pending_groups :g");
-                    values.push((":g", AttributeValue::Ss(a.groups.clone())));
-                }
+            if !a.groups.is_empty() {
+                expr.push_str(" ADD pending_groups :g");
+                values.push((":g", AttributeValue::Ss(a.groups.clone())));
             }
-            let names: Vec<(&str, &str)> = names.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            self.update(dir, &expr, None, &names, values).await?;
+            self.update(dir, &expr, None, &[], values).await?;
         }
         if let Some(f) = &a.full {
             // The latest `after` wins; a failed condition means a later one is already there.
@@ -954,6 +1004,7 @@ impl StateStore for DynamoStateStore {
     }
 
     async fn drain(&self, dir: &str, users: &[(String, EpochMillis)], groups: &[String]) -> Result<(), StoreError> {
+        use futures::stream::{self, TryStreamExt};
         if !groups.is_empty() {
             self.update(
                 dir,
@@ -964,17 +1015,10 @@ impl StateStore for DynamoStateStore {
             )
             .await?;
         }
-        // Each user goes only if its pending time is at most the one given: a lot at once, and
-        // where a later request fails the lot's condition, one by one.
-        for lot in users.chunks(DRAIN_USERS) {
-            if self.drain_users(dir, lot).await? {
-                continue;
-            }
-            for one in lot {
-                self.drain_users(dir, std::slice::from_ref(one)).await?;
-            }
-        }
-        Ok(())
+        // Each user goes only if its pending time is at most the one given.
+        stream::iter(users.iter().map(Ok))
+            .try_for_each_concurrent(PENDING_CONCURRENCY, |(u, t)| self.drop_pending(dir, u, *t))
+            .await
     }
 
     async fn change_ctl(&self, dir: &str, change: &CtlChange) -> Result<(), StoreError> {

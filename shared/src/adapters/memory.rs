@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::adapters::dynamo::{bill, item_size};
-use crate::adapters::dynamo_state::{codec, ABSORB_USERS, DRAIN_USERS};
+use crate::adapters::dynamo_state::codec;
 use crate::clock::{Clock, EpochMillis, EpochSeconds};
 use crate::model::{GroupRecord, UserRecord};
 use crate::ports::budget::RateBudget;
@@ -29,6 +29,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct StateData {
     fences: HashMap<String, Versioned<Fence>>,
     ctls: HashMap<String, Ctl>,
+    /// Pending users: (directory, user) → time (items of their own, as in DynamoDB).
+    pending: BTreeMap<(String, String), EpochMillis>,
     users: BTreeMap<(String, String), Versioned<UserRecord>>,
     groups: BTreeMap<(String, String), Versioned<GroupRecord>>,
     /// (directory, group, user)
@@ -347,24 +349,70 @@ impl StateStore for MemState {
     }
 
     async fn ctl(&self, dir: &str) -> Result<Ctl, StoreError> {
+        let c = {
+            let d = lock(&self.data);
+            let c = d.ctls.get(dir).cloned();
+            self.read(bill::read_item(
+                c.as_ref().map_or(0, |c| item_size(&codec::ctl(dir, c))),
+            ));
+            c
+        };
+        let (users, more) = self.pending_users(dir, None, PENDING_PAGE).await?;
+        let mut c = c.unwrap_or_default();
+        c.pending_users = users.into_iter().collect();
+        c.pending_users_more = more;
+        Ok(c)
+    }
+
+    async fn pending_users(
+        &self,
+        dir: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(String, EpochMillis)>, bool), StoreError> {
         let d = lock(&self.data);
-        let c = d.ctls.get(dir).cloned();
-        self.read(bill::read_item(
-            c.as_ref().map_or(0, |c| item_size(&codec::ctl(dir, c))),
+        let limit = limit.max(1);
+        let from = (dir.to_string(), after.map(|a| format!("{a}\0")).unwrap_or_default());
+        // As the DynamoDB adapter: one query page of `limit + 1` items.
+        let mut users: Vec<(String, EpochMillis)> = d
+            .pending
+            .range(from..)
+            .take_while(|((d2, _), _)| d2 == dir)
+            .take(limit + 1)
+            .map(|((_, u), t)| (u.clone(), *t))
+            .collect();
+        self.read(bill::query(
+            users
+                .iter()
+                .map(|(u, t)| item_size(&codec::pending_user(dir, u, *t)))
+                .sum(),
         ));
-        Ok(c.unwrap_or_default())
+        let more = users.len() > limit;
+        users.truncate(limit);
+        Ok((users, more))
+    }
+
+    async fn pending_user(&self, dir: &str, user_id: &str) -> Result<Option<EpochMillis>, StoreError> {
+        let d = lock(&self.data);
+        let t = d.pending.get(&(dir.to_string(), user_id.to_string())).copied();
+        self.read(bill::read_item(
+            t.map_or(0, |t| item_size(&codec::pending_user(dir, user_id, t))),
+        ));
+        Ok(t)
     }
 
     async fn absorb(&self, dir: &str, a: &Absorb) -> Result<(), StoreError> {
         let mut d = lock(&self.data);
-        // As the DynamoDB adapter: one update per ABSORB_USERS users (at least one), one more
-        // for a full request's `after`.
-        let updates = a.users.len().div_ceil(ABSORB_USERS).max(1) + usize::from(a.full.is_some());
+        // As the DynamoDB adapter: one conditional update per user (billed whether or not its
+        // condition holds), one for the groups and the full request's `first`, one for its `after`.
+        let updates =
+            a.users.len() + usize::from(a.full.is_some() || !a.groups.is_empty()) + usize::from(a.full.is_some());
         self.wrote(updates as u64);
-        let c = d.ctls.entry(dir.to_string()).or_default();
         for u in &a.users {
-            c.pending_users.insert(u.clone(), a.at);
+            let t = d.pending.entry((dir.to_string(), u.clone())).or_insert(a.at);
+            *t = (*t).max(a.at);
         }
+        let c = d.ctls.entry(dir.to_string()).or_default();
         c.pending_groups.extend(a.groups.iter().cloned());
         if let Some(f) = a.full {
             c.full = Some(match c.full {
@@ -383,25 +431,19 @@ impl StateStore for MemState {
             return Ok(());
         }
         let mut d = lock(&self.data);
-        let c = d.ctls.entry(dir.to_string()).or_default();
-        // As the DynamoDB adapter: one conditional update per DRAIN_USERS users; where a later
-        // request makes its condition fail, one update per user of that lot; one for the groups.
-        let mut updates = u64::from(!groups.is_empty());
-        for lot in users.chunks(DRAIN_USERS) {
-            updates += 1;
-            let later = |(u, t): &(String, EpochMillis)| c.pending_users.get(u).is_some_and(|p| p > t);
-            if lot.iter().any(later) {
-                updates += lot.len() as u64;
-            }
-            for (u, t) in lot {
-                if c.pending_users.get(u).is_some_and(|p| p <= t) {
-                    c.pending_users.remove(u);
-                }
+        // As the DynamoDB adapter: one conditional delete per user, one update for the groups.
+        self.wrote(users.len() as u64 + u64::from(!groups.is_empty()));
+        for (u, upto) in users {
+            let k = (dir.to_string(), u.clone());
+            if d.pending.get(&k).is_some_and(|t| t <= upto) {
+                d.pending.remove(&k);
             }
         }
-        self.wrote(updates);
-        for g in groups {
-            c.pending_groups.remove(g);
+        if !groups.is_empty() {
+            let c = d.ctls.entry(dir.to_string()).or_default();
+            for g in groups {
+                c.pending_groups.remove(g);
+            }
         }
         Ok(())
     }
@@ -536,6 +578,7 @@ impl StateStore for MemState {
             User(String),
             Group(String),
             Member(String, String),
+            Pending(String),
         }
         let ctl = self.ctl(dir).await?;
         let org = ctl.organization_id.clone();
@@ -581,6 +624,16 @@ impl StateStore for MemState {
                 Rec::Member(g.clone(), u.clone()),
             ));
         }
+        for ((d2, u), t) in d.pending.range((dir.to_string(), String::new())..) {
+            if d2 != dir {
+                break;
+            }
+            part.push((
+                format!("pending#{u}"),
+                item_size(&codec::pending_user(dir, u, *t)),
+                Rec::Pending(u.clone()),
+            ));
+        }
         part.sort_by(|a, b| a.0.cmp(&b.0));
         let start = after.map_or(0, |a| part.partition_point(|(sk, _, _)| sk.as_str() <= a));
         let page: Vec<&(String, usize, Rec)> = part[start..].iter().take(limit.max(1)).collect();
@@ -591,9 +644,11 @@ impl StateStore for MemState {
         let mut users = Vec::new();
         let mut groups = Vec::new();
         let mut members = Vec::new();
+        let mut pending = Vec::new();
         for (_, _, rec) in &page {
             match rec {
                 Rec::Keep => {}
+                Rec::Pending(u) => pending.push(u.clone()),
                 Rec::User(u) => users.push(u.clone()),
                 Rec::Group(g) => groups.push(g.clone()),
                 Rec::Member(g, u) => members.push((g.clone(), u.clone())),
@@ -625,6 +680,10 @@ impl StateStore for MemState {
         }
         for (g, u) in members {
             d.members.remove(&(dir.to_string(), g, u));
+            deleted += 1;
+        }
+        for u in pending {
+            d.pending.remove(&(dir.to_string(), u));
             deleted += 1;
         }
         self.wrote(deleted as u64);

@@ -204,10 +204,13 @@ pub struct FullRequest {
 pub struct Ctl {
     pub organization_id: Option<String>,
     pub deleted_at: Option<EpochMillis>,
-    /// Users with an event received and not yet applied → when the latest request for the user
-    /// was handed over (after its event was queued). A read of the user, or of the whole
-    /// directory, that began after that time reflects it.
+    /// Users with an event received and not yet applied → the time after which a read
+    /// reflects every request for the user (the latest one wins). A read of the user, or of the
+    /// whole directory, that began after that time reflects it. Each pending user is an item of
+    /// its own (no cap, no hot item); this holds the first [`PENDING_PAGE`] in id order.
     pub pending_users: BTreeMap<String, EpochMillis>,
+    /// More pending users than `pending_users` holds (see [`StateStore::pending_users`]).
+    pub pending_users_more: bool,
     /// Groups with an event received and not yet applied.
     pub pending_groups: BTreeSet<String>,
     pub full: Option<FullRequest>,
@@ -220,24 +223,33 @@ pub struct Ctl {
     pub full_cost: Option<u64>,
 }
 
-/// Additions to the control record, applied atomically.
+/// How many pending users [`StateStore::ctl`] returns with the control record.
+pub const PENDING_PAGE: usize = 256;
+
+/// Additions to the control record.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Absorb {
     pub users: Vec<String>,
     pub groups: Vec<String>,
     pub full: Option<FullRequest>,
-    /// When the requests are handed over: each user's pending time becomes this.
+    /// A read that begins after this reflects the requests: each user's pending time becomes
+    /// this, unless it is already later (a redelivered older event never moves it back).
     pub at: EpochMillis,
+}
+
+/// Is a request pending since `t` reflected by a read of the user applied from `applied_at`, or
+/// by a directory-wide read applied from `full_applied_at`?
+pub fn reflected(t: EpochMillis, applied_at: Option<EpochMillis>, full_applied_at: Option<EpochMillis>) -> bool {
+    applied_at.is_some_and(|a| a > t) || full_applied_at.is_some_and(|a| a > t)
 }
 
 impl Ctl {
     /// Is a request for this user pending that no applied read reflects yet? A read of the
     /// user (`applied_at`) or of the whole directory that began after the request reflects it.
     pub fn user_pending(&self, user_id: &str, applied_at: Option<EpochMillis>) -> bool {
-        self.pending_users.get(user_id).is_some_and(|&t| {
-            let reflected = |a: Option<EpochMillis>| a.is_some_and(|a| a > t);
-            !reflected(applied_at) && !reflected(self.full_applied_at)
-        })
+        self.pending_users
+            .get(user_id)
+            .is_some_and(|&t| !reflected(t, applied_at, self.full_applied_at))
     }
 }
 
@@ -421,10 +433,24 @@ pub trait StateStore: Clone + Send + Sync + 'static {
         expect: Option<u64>,
     ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
 
-    /// The control record (the default if there is none).
+    /// The control record (the default if there is none), with the first [`PENDING_PAGE`]
+    /// pending users.
     fn ctl(&self, dir: &str) -> impl Future<Output = Result<Ctl, StoreError>> + Send;
-    /// Add pending users (their time set to `a.at`) and groups, and merge a full request
-    /// (earliest `first`, latest `after`).
+    /// Pending users in id order after `after`, at most `limit` (≥ 1), and whether more follow.
+    fn pending_users(
+        &self,
+        dir: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<(Vec<(String, EpochMillis)>, bool), StoreError>> + Send;
+    /// One user's pending time (strongly consistent), if it is pending.
+    fn pending_user(
+        &self,
+        dir: &str,
+        user_id: &str,
+    ) -> impl Future<Output = Result<Option<EpochMillis>, StoreError>> + Send;
+    /// Add pending users (their time raised to `a.at`, never lowered) and groups, and merge a
+    /// full request (earliest `first`, latest `after`).
     fn absorb(&self, dir: &str, a: &Absorb) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Remove each pending user whose time is at most the one given (a later request for it
     /// stays pending), and these pending groups.
