@@ -569,6 +569,65 @@ async fn run5_the_gate_fails_closed_while_an_event_is_pending() {
     );
 }
 
+/// Run 5, for groups: a group event received while another worker holds the directory makes the
+/// group's members `Unknown` until it is applied (a rename away from a rule must not keep granting).
+#[tokio::test]
+async fn run5c_members_of_a_group_with_an_event_pending_are_unknown() {
+    let stack = Stack::new().await;
+    let seeded = stack
+        .sandbox
+        .seed_directory(SeedSpec::new("Gate groups").group("Platform Admins", 2));
+    let dir = seeded.directory_id.clone();
+    let uid = seeded.groups[0].user_ids[0].clone();
+    let p = stack.processor(&org_rule(&seeded.organization_id, "Platform Admins", "admin-console"));
+    reconcile(&p, &dir).await;
+    let reader = EntitlementReader::new(stack.state());
+    assert_eq!(
+        reader.user(&dir, &uid).await.expect("read").decide("admin-console"),
+        Decision::Granted
+    );
+    stack
+        .sandbox
+        .rename_group(&seeded.groups[0].id, "Former Admins")
+        .expect("rename");
+    let ev = stack.event("dsync.group.updated", true);
+    let mut fence = stack.state().fence(&dir).await.expect("fence").expect("exists");
+    fence.value.owner = Some("another-worker".into());
+    fence.value.lease_until = deadline_in(Duration::from_secs(60));
+    let v = stack
+        .state()
+        .put_fence(&dir, &fence.value, Some(fence.version))
+        .await
+        .expect("hold")
+        .expect("cas");
+    let out = p.process_batch(&[record(&ev)], minute()).await;
+    assert!(matches!(out[0], RecordOutcome::Retry { .. }), "handed over: {out:?}");
+    let seen = reader.user(&dir, &uid).await.expect("read");
+    assert_eq!(seen.decide("admin-console"), Decision::Unknown, "{seen:?}");
+
+    fence.value.owner = None;
+    stack
+        .state()
+        .put_fence(&dir, &fence.value, Some(v))
+        .await
+        .expect("release")
+        .expect("cas");
+    // The holder's group job (one chunk may not finish it: run until the event is applied).
+    let mut how = None;
+    for _ in 0..10 {
+        let out = p.process_batch(&[record(&ev)], minute()).await;
+        how = done_how(&out[0]).map(str::to_string);
+        if how.is_some() {
+            break;
+        }
+    }
+    assert!(how.is_some(), "applied in the end");
+    assert_eq!(
+        reader.user(&dir, &uid).await.expect("read").decide("admin-console"),
+        Decision::Denied
+    );
+}
+
 /// Run 5, at scale: users whose events are too many for one re-read each are left to a full
 /// read of the directory. Until that read is applied they stay `Unknown`: handing their work to
 /// the reconcile must not make the gate trust what is stored (deactivated users still granted).
