@@ -21,6 +21,42 @@ use integration_tests::stack::{config, ents, reconcile, record, Stack};
 use workos_sandbox::direct::DirectApi;
 use workos_sandbox::{route, Fault, SeedSpec, Store};
 
+/// Another worker holds the directory's lease (for a minute) until released.
+struct HeldLease {
+    dir: String,
+    fence: dsync::ports::state::Fence,
+    version: u64,
+}
+
+async fn hold(stack: &Stack, dir: &str) -> HeldLease {
+    let mut fence = stack.state().fence(dir).await.expect("fence").expect("exists");
+    fence.value.owner = Some("another-worker".into());
+    fence.value.lease_until = deadline_in(Duration::from_secs(60));
+    let version = stack
+        .state()
+        .put_fence(dir, &fence.value, Some(fence.version))
+        .await
+        .expect("hold")
+        .expect("cas");
+    HeldLease {
+        dir: dir.to_string(),
+        fence: fence.value,
+        version,
+    }
+}
+
+impl HeldLease {
+    async fn release(mut self, stack: &Stack) {
+        self.fence.owner = None;
+        stack
+            .state()
+            .put_fence(&self.dir, &self.fence, Some(self.version))
+            .await
+            .expect("release")
+            .expect("cas");
+    }
+}
+
 fn deadline_in(d: Duration) -> EpochMillis {
     SystemClock.now().saturating_add(d)
 }
@@ -535,15 +571,7 @@ async fn run5_the_gate_fails_closed_while_an_event_is_pending() {
         .set_user_state(&uid, workos_sandbox::UserState::Inactive)
         .expect("deactivate");
     let ev = stack.event("dsync.user.updated", true);
-    let mut fence = stack.state().fence(&dir).await.expect("fence").expect("exists");
-    fence.value.owner = Some("another-worker".into());
-    fence.value.lease_until = deadline_in(Duration::from_secs(60));
-    let v = stack
-        .state()
-        .put_fence(&dir, &fence.value, Some(fence.version))
-        .await
-        .expect("hold")
-        .expect("cas");
+    let held = hold(&stack, &dir).await;
     let out = p.process_batch(&[record(&ev)], minute()).await;
     assert!(
         matches!(out[0], RecordOutcome::Retry { .. }),
@@ -554,13 +582,7 @@ async fn run5_the_gate_fails_closed_while_an_event_is_pending() {
     assert!(!seen.allows("admin-console"));
 
     // The holder lets go; the event comes back and is applied: now denied.
-    fence.value.owner = None;
-    stack
-        .state()
-        .put_fence(&dir, &fence.value, Some(v))
-        .await
-        .expect("release")
-        .expect("cas");
+    held.release(&stack).await;
     let out = p.process_batch(&[record(&ev)], minute()).await;
     assert_eq!(done_how(&out[0]), Some("applied"), "{out:?}");
     assert_eq!(
@@ -591,27 +613,13 @@ async fn run5c_members_of_a_group_with_an_event_pending_are_unknown() {
         .rename_group(&seeded.groups[0].id, "Former Admins")
         .expect("rename");
     let ev = stack.event("dsync.group.updated", true);
-    let mut fence = stack.state().fence(&dir).await.expect("fence").expect("exists");
-    fence.value.owner = Some("another-worker".into());
-    fence.value.lease_until = deadline_in(Duration::from_secs(60));
-    let v = stack
-        .state()
-        .put_fence(&dir, &fence.value, Some(fence.version))
-        .await
-        .expect("hold")
-        .expect("cas");
+    let held = hold(&stack, &dir).await;
     let out = p.process_batch(&[record(&ev)], minute()).await;
     assert!(matches!(out[0], RecordOutcome::Retry { .. }), "handed over: {out:?}");
     let seen = reader.user(&dir, &uid).await.expect("read");
     assert_eq!(seen.decide("admin-console"), Decision::Unknown, "{seen:?}");
 
-    fence.value.owner = None;
-    stack
-        .state()
-        .put_fence(&dir, &fence.value, Some(v))
-        .await
-        .expect("release")
-        .expect("cas");
+    held.release(&stack).await;
     // The holder's group job (one chunk may not finish it: run until the event is applied).
     let mut how = None;
     for _ in 0..10 {
