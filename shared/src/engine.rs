@@ -540,9 +540,31 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
             // With no job running, nobody is carrying a change: a group still marked changing
             // was left by a holder that stopped (or lost its lease) part-way. Read it again; its
             // job clears the mark.
-            self.pending_groups.extend(ctl.propagating.keys().cloned());
+            let full = ctl.full_applied_at;
+            self.pending_groups.extend(
+                ctl.propagating
+                    .iter()
+                    .filter(|(_, since)| full.is_none_or(|f| **since >= f))
+                    .map(|(g, _)| g.clone()),
+            );
         }
         if let Some(full) = ctl.full_applied_at {
+            // Marks a complete read that began later made moot (left by a holder that lost its
+            // lease, say): tidy them.
+            for (g, since) in &ctl.propagating {
+                if *since < full {
+                    self.store
+                        .change_ctl(
+                            &self.dir,
+                            &CtlChange::Propagated {
+                                group_id: g.clone(),
+                                upto: *since,
+                            },
+                        )
+                        .await?;
+                    self.propagating.remove(g);
+                }
+            }
             // Left behind by a run that stopped between applying and tidying: tidy now.
             let upto = full.saturating_sub(Duration::from_millis(1));
             let tidy: Vec<(String, EpochMillis)> = ctl

@@ -86,10 +86,10 @@ impl UserView {
             // carried to its members (computed in the same millisecond as the change was seen
             // counts as before it).
             ctl.pending_groups.contains(g)
-                || ctl
-                    .propagating
-                    .get(g)
-                    .is_some_and(|since| u.computed_at.is_none_or(|c| c <= *since))
+                || ctl.propagating.get(g).is_some_and(|since| {
+                    // A complete read that began after the change has carried it to everyone.
+                    ctl.full_applied_at.is_none_or(|f| *since >= f) && u.computed_at.is_none_or(|c| c <= *since)
+                })
         }) {
             Some(Staleness::GroupChanging)
         } else {

@@ -1139,7 +1139,9 @@ where
                         || c.pending_users_more
                         || !c.pending_groups.is_empty()
                         || c.full.is_some()
-                        || !c.propagating.is_empty()
+                        || c.propagating
+                            .values()
+                            .any(|since| c.full_applied_at.is_none_or(|f| *since >= f))
                     {
                         problems.push(format!(
                             "{d} at rest with work pending: {users} users (more: {}), {} groups, full {:?}, \
