@@ -640,8 +640,13 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
                     // it: no group job for them. (Users wait in the control record for the
                     // run to be applied: the gate reads them.)
                     let asked = self.store.ctl(&self.dir).await?.pending_groups;
-                    self.full = None;
-                    self.start_job(JobKind::Reconcile).await?;
+                    // Kept until the job is stored: a holder that lost its lease must hand the
+                    // request back (`finish`), not drop it.
+                    let due = self.full.take();
+                    if let Err(e) = self.start_job(JobKind::Reconcile).await {
+                        self.full = due;
+                        return Err(e);
+                    }
                     self.store
                         .change_ctl(&self.dir, &CtlChange::ClearFull { upto: now })
                         .await?;

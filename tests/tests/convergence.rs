@@ -429,3 +429,42 @@ fn found_a_mark_older_than_the_last_full_read_is_moot() {
         panic!("{e}");
     }
 }
+
+/// Found by the property test (shrunk): a holder that lost its lease just as it began a
+/// reconcile dropped the full-read request it had taken (the request message was already
+/// acknowledged), so a dropped webhook's user was never read. The request is now handed back.
+#[test]
+fn found_a_reconcile_request_survives_a_lost_lease() {
+    use Op::*;
+    let ops = vec![
+        Reconcile { dir: 92 },
+        Work { ticks: 1 },
+        CreateUser { dir: 104 },
+        CreateGroup { dir: 50, name: 0 },
+        Work { ticks: 12 },
+        DeleteUser { user: 26 },
+        RenameGroup { group: 208, name: 59 },
+        AddMember { user: 117, group: 29 },
+        RenameGroup { group: 133, name: 3 },
+        CreateUser { dir: 13 },
+        CreateUser { dir: 14 },
+        Work { ticks: 11 },
+        RenameGroup { group: 135, name: 9 },
+        CreateUser { dir: 48 },
+        Work { ticks: 17 },
+        Reconcile { dir: 109 },
+        Reconcile { dir: 176 },
+        Work { ticks: 18 },
+        CreateUser { dir: 39 },
+        Work { ticks: 10 },
+        CreateUser { dir: 103 },
+        DeleteUser { user: 254 },
+    ];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if let Err(e) = rt.block_on(run_memory(&ops, 7_474_228_535_893_392_496)) {
+        panic!("{e}");
+    }
+}
