@@ -92,6 +92,17 @@ async fn run_memory(ops: &[Op], seed: u64) -> Result<(), String> {
     }
 }
 
+/// Run one script (a shrunk one the property test found) and fail with what it found.
+fn replay(ops: &[Op], seed: u64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if let Err(e) = rt.block_on(run_memory(ops, seed)) {
+        panic!("{e}");
+    }
+}
+
 fn cases(var: &str, default: u32) -> u32 {
     std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -303,13 +314,7 @@ fn found_a_group_mark_left_by_a_stale_holder_is_cleared() {
         CreateUser { dir: 145 },
         Reconcile { dir: 178 },
     ];
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    if let Err(e) = rt.block_on(run_memory(&ops, 1_451_842_033_966_771_557)) {
-        panic!("{e}");
-    }
+    replay(&ops, 1_451_842_033_966_771_557);
 }
 
 /// Found by the property test (shrunk): a holder that lost its lease wrote a page of the groups
@@ -355,13 +360,7 @@ fn found_an_inconsistent_stored_job_is_started_again() {
         RemoveMember { user: 168, group: 59 },
         Work { ticks: 11 },
     ];
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    if let Err(e) = rt.block_on(run_memory(&ops, 13_137_408_880_217_751_070)) {
-        panic!("{e}");
-    }
+    replay(&ops, 13_137_408_880_217_751_070);
 }
 
 /// Found by the property test in CI (shrunk): a holder that lost its lease marked a group as
@@ -421,13 +420,7 @@ fn found_a_mark_older_than_the_last_full_read_is_moot() {
         CreateGroup { dir: 135, name: 130 },
         Work { ticks: 16 },
     ];
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    if let Err(e) = rt.block_on(run_memory(&ops, 16_962_637_798_367_796_275)) {
-        panic!("{e}");
-    }
+    replay(&ops, 16_962_637_798_367_796_275);
 }
 
 /// Found by the property test (shrunk): a holder that lost its lease just as it began a
@@ -460,11 +453,5 @@ fn found_a_reconcile_request_survives_a_lost_lease() {
         CreateUser { dir: 103 },
         DeleteUser { user: 254 },
     ];
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    if let Err(e) = rt.block_on(run_memory(&ops, 7_474_228_535_893_392_496)) {
-        panic!("{e}");
-    }
+    replay(&ops, 7_474_228_535_893_392_496);
 }
