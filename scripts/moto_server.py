@@ -7,12 +7,15 @@ iteration". The pipeline writes every fact in a transaction, so that made moto t
 every test and benchmark.
 
 The fix, applied to moto's own code at start-up (nothing of moto is copied into this repository):
-copy each table once per transaction, and serialise DynamoDB writes with one lock so a copy never
-races a write. Semantics are unchanged: all-or-nothing, same conditions, same errors. If moto's
-code no longer matches (another version), the server refuses to start rather than run unpatched.
+instead of copying tables, keep a copy of just the items the transaction names and put those back
+if it fails (all-or-nothing, as before), and serialise DynamoDB writes with one lock so nothing
+interleaves with a transaction. Semantics are unchanged: all-or-nothing, same conditions, same
+errors; the cost of a transaction is its own size, not its table's. If moto's code no longer
+matches (another version), the server refuses to start rather than run unpatched.
 
 Usage: python scripts/moto_server.py -H 127.0.0.1 -p 4566   (the same flags as moto_server)
 """
+import copy
 import inspect
 import sys
 import textwrap
@@ -21,17 +24,76 @@ import threading
 import moto.dynamodb.models as models
 from moto.server import main
 
-ONCE = "if table_name and table_name in self.tables:"
-ONCE_FIXED = "if table_name and table_name in self.tables and table_name not in original_table_state:"
+COPY = "copy.deepcopy("
+
+
+class _NoTableCopy:
+    """Stands in for the `copy` module inside transact_write_items: its whole-table backup becomes
+    a reference (a no-op rollback); `keeping_items` below does the rollback instead."""
+
+    @staticmethod
+    def deepcopy(value):
+        return value
+
+
+def _target(backend, op_type: str, op: dict):
+    """(table name, key) of one transaction item, or None if it is malformed (moto reports that)."""
+    table_name = op.get("TableName")
+    if not table_name or table_name not in backend.tables:
+        return None
+    table = backend.tables[table_name]
+    if op_type == "Put":
+        attrs = op.get("Item") or {}
+        if table.hash_key_attr not in attrs:
+            return None
+        key = {table.hash_key_attr: attrs[table.hash_key_attr]}
+        if table.range_key_attr is not None:
+            if table.range_key_attr not in attrs:
+                return None
+            key[table.range_key_attr] = attrs[table.range_key_attr]
+        return table_name, key
+    key = op.get("Key")
+    return (table_name, key) if key else None
+
+
+def keeping_items(method):
+    """Run a transaction; if it raises, put back every item it names as it was before."""
+
+    def run(self, transact_items, *args, **kwargs):
+        saved = []
+        for item in transact_items:
+            try:
+                op_type, op = next(iter(item.items()))
+                target = _target(self, op_type, op)
+                if target is None:
+                    continue
+                current = self.get_item(*target)
+                saved.append((target, copy.deepcopy(current.to_json()["Attributes"]) if current else None))
+            except Exception:  # a malformed item: moto's own checks will refuse it
+                continue
+        try:
+            return method(self, transact_items, *args, **kwargs)
+        except Exception:
+            for (table_name, key), attrs in reversed(saved):
+                if attrs is None:
+                    self.delete_item(table_name, key)
+                else:
+                    self.put_item(table_name, attrs)
+            raise
+
+    run.__name__ = method.__name__
+    return run
 
 
 def patch() -> None:
     source = textwrap.dedent(inspect.getsource(models.DynamoDBBackend.transact_write_items))
-    if source.count(ONCE) != 1:
+    if source.count(COPY) != 1 or "original_table_state" not in source:
         sys.exit("moto_server.py: moto's transact_write_items is not the expected code; not starting")
     scope: dict = {}
-    exec(compile(source.replace(ONCE, ONCE_FIXED), models.__file__, "exec"), models.__dict__, scope)
-    fixed = scope["transact_write_items"]
+    env = dict(models.__dict__)
+    env["copy"] = _NoTableCopy
+    exec(compile(source, models.__file__, "exec"), env, scope)
+    fixed = keeping_items(scope["transact_write_items"])
     lock = threading.RLock()
 
     def serialised(method):

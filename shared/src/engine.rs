@@ -311,7 +311,7 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Engine<A, S, Q, K> 
             started: now,
             job_chunk_counted: false,
             groups_loaded: false,
-            propagating: BTreeSet::new(),
+            propagating: BTreeMap::new(),
             users_later: false,
             asked: *asked,
         };
@@ -449,8 +449,10 @@ struct Chunk<'e, A, S, Q, K> {
     started: EpochMillis,
     job_chunk_counted: bool,
     groups_loaded: bool,
-    /// Groups whose change is still being carried to their members (mirrors the control record).
-    propagating: BTreeSet<String>,
+    /// Groups whose change is still being carried to their members (mirrors the control record),
+    /// with the newest mark this holder set or read: it clears a mark only up to that, so a
+    /// holder that lost its lease and clears late cannot remove a newer holder's mark.
+    propagating: BTreeMap<String, EpochMillis>,
     /// Pending users asked for in this very millisecond: a read must begin after it, so they
     /// wait for a continuation a millisecond on.
     users_later: bool,
@@ -666,7 +668,7 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
                                 },
                             )
                             .await?;
-                        self.propagating.insert(g.clone());
+                        self.mark_known(g, now);
                     }
                     if !covered.is_empty() {
                         let covered: Vec<String> = covered.into_iter().collect();
@@ -680,6 +682,12 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
         Ok(())
     }
 
+    /// A group mark this holder set or read (the newest one wins, as in the store).
+    fn mark_known(&mut self, gid: &str, since: EpochMillis) {
+        let e = self.propagating.entry(gid.to_string()).or_insert(since);
+        *e = (*e).max(since);
+    }
+
     fn want_full(&mut self, after: EpochMillis) {
         let now = self.now();
         let f = self.full.get_or_insert(FullRequest { first: now, after });
@@ -687,7 +695,9 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
     }
 
     fn merge_ctl(&mut self, ctl: &Ctl) {
-        self.propagating.extend(ctl.propagating.keys().cloned());
+        for (g, since) in &ctl.propagating {
+            self.mark_known(g, *since);
+        }
         if let Some(f) = ctl.full {
             let mine = self.full.get_or_insert(f);
             mine.first = mine.first.min(f.first);
@@ -1005,7 +1015,7 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
                     },
                 )
                 .await?;
-            self.propagating.insert(gid.to_string());
+            self.mark_known(gid, at);
         }
         let expect = before.as_ref().map(|b| b.version);
         self.commit(vec![Write::Group {
@@ -1528,10 +1538,9 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
 
     /// The group's change has reached every member: clear its mark (if it has one).
     async fn propagated(&mut self, gid: &str) -> Result<(), EngineError> {
-        if !self.propagating.remove(gid) {
+        let Some(upto) = self.propagating.remove(gid) else {
             return Ok(());
-        }
-        let upto = self.now();
+        };
         self.store
             .change_ctl(
                 &self.dir,

@@ -20,9 +20,18 @@ pub fn moto_url() -> String {
     }
 }
 
-/// SDK config pointed at an endpoint with dummy credentials.
+/// SDK config pointed at an endpoint with dummy credentials. Bounded like the functions' own
+/// (`dsync::aws::SdkBudget`), more generously for moto: a request moto never answers fails and
+/// is retried instead of holding a test for ever.
 pub async fn sdk_config_for(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .operation_timeout(std::time::Duration::from_secs(60))
+                .operation_attempt_timeout(std::time::Duration::from_secs(20))
+                .connect_timeout(std::time::Duration::from_secs(2))
+                .build(),
+        )
         .region(aws_config::Region::new(REGION))
         .endpoint_url(endpoint)
         .credentials_provider(aws_sdk_sqs::config::Credentials::new(

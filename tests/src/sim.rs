@@ -49,6 +49,8 @@ pub struct Plan {
     stalled_until: Mutex<Option<EpochMillis>>,
     clock: ManualClock,
     latency_ms: u64,
+    /// The port call under way, and since when (wall time): what a stuck run is waiting for.
+    current: Mutex<Option<(&'static str, std::time::Instant)>>,
 }
 
 impl Plan {
@@ -72,6 +74,7 @@ impl Plan {
             stalled_until: Mutex::new(None),
             clock,
             latency_ms,
+            current: Mutex::new(None),
         })
     }
 
@@ -86,6 +89,7 @@ impl Plan {
             stalled_until: Mutex::new(None),
             clock,
             latency_ms: 0,
+            current: Mutex::new(None),
         })
     }
 
@@ -98,9 +102,28 @@ impl Plan {
         self.crashed.load(Ordering::SeqCst)
     }
 
+    /// What this invocation is doing, for the report of a run that does not settle.
+    pub fn describe(&self) -> String {
+        let call = match *lock(&self.current) {
+            Some((m, since)) => format!("in {m} for {:.1} s", since.elapsed().as_secs_f64()),
+            None => "between calls".into(),
+        };
+        match self.stalled_until() {
+            Some(t) => format!("stalled until {t:?}, {call}"),
+            None => call,
+        }
+    }
+
     /// One port call: yield once (another invocation may run), take some time, maybe die.
     async fn point<T, F: Future<Output = T>>(&self, method: &'static str, call: F) -> T {
         YieldOnce(false).await;
+        *lock(&self.current) = Some((method, std::time::Instant::now()));
+        let out = self.point_inner(method, call).await;
+        *lock(&self.current) = None;
+        out
+    }
+
+    async fn point_inner<T, F: Future<Output = T>>(&self, method: &'static str, call: F) -> T {
         self.clock.advance(Duration::from_millis(self.latency_ms));
         if self.only.is_some_and(|m| m != method) {
             return call.await;
@@ -610,6 +633,8 @@ pub struct Sim<S, C, A> {
     pub crashes: usize,
     pub stalls: usize,
     pub invocations: usize,
+    /// Times the clock was moved because nothing had moved it for a while (real-time runs).
+    pub watchdog_moves: usize,
     pub ticks: u64,
 }
 
@@ -681,6 +706,7 @@ where
             crashes: 0,
             stalls: 0,
             invocations: 0,
+            watchdog_moves: 0,
             ticks: 0,
         };
         sim.record(0);
@@ -1014,7 +1040,19 @@ where
     async fn run_until_empty(&mut self, max_ticks: u64) -> Result<(), String> {
         let start = self.ticks;
         let wall = std::time::Instant::now();
+        // Real time passes even when no invocation makes a call (one waits on a slow request
+        // while the others are stalled): after a while without any, the clock moves on.
+        let mut still = (self.clock.now(), std::time::Instant::now());
         loop {
+            if self.knobs.real_tick.is_some() {
+                if self.clock.now() != still.0 {
+                    still = (self.clock.now(), std::time::Instant::now());
+                } else if still.1.elapsed() > Duration::from_secs(2) {
+                    self.clock.advance(Duration::from_millis(250));
+                    self.watchdog_moves += 1;
+                    still = (self.clock.now(), std::time::Instant::now());
+                }
+            }
             if self.queue.is_empty() && self.in_flight.is_empty() {
                 return Ok(());
             }
@@ -1028,6 +1066,9 @@ where
                     let f = self.state.fence(d).await.ok().flatten();
                     let c = self.state.ctl(d).await.ok();
                     dump.push_str(&format!("\n  {d}: fence {f:?}\n  ctl {c:?}"));
+                }
+                for (i, (_, plan)) in self.in_flight.iter().enumerate() {
+                    dump.push_str(&format!("\n  invocation {i}: {}", plan.describe()));
                 }
                 return Err(format!(
                     "did not settle within {max_ticks} ticks: {} messages left, {} running, now {:?}{dump}",

@@ -4,7 +4,7 @@
 //!
 //! In memory: `CONVERGENCE_CASES` cases (default 500). End to end on moto (DynamoDB through the
 //! SDK) and the sandbox over HTTP: `CONVERGENCE_E2E_CASES` (default 20). Each prints its seed;
-//! `CONVERGENCE_SEED` replays one.
+//! `CONVERGENCE_SEED` replays one (`CONVERGENCE_E2E_FROM=k` starts the end-to-end run at case k).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -207,8 +207,14 @@ fn the_view_converges_end_to_end_on_moto_and_the_http_sandbox() {
     let started = std::time::Instant::now();
     let mut invocations = 0;
     let mut crashes = 0;
+    let mut watchdog = 0;
+    // `CONVERGENCE_E2E_FROM=k` (with the printed seed) replays from case k on, skipping the rest.
+    let from = cases("CONVERGENCE_E2E_FROM", 0);
     for case in 0..n {
         let case_seed = rng.u64(..);
+        if case < from {
+            continue;
+        }
         let mut ops_rng = fastrand::Rng::with_seed(case_seed);
         let mut runner = TestRunner::new_with_rng(
             Config::default(),
@@ -268,6 +274,7 @@ fn the_view_converges_end_to_end_on_moto_and_the_http_sandbox() {
             sim.settle(200_000).await?;
             invocations += sim.invocations;
             crashes += sim.crashes;
+            watchdog += sim.watchdog_moves;
             let problems = sim.verify().await;
             if problems.is_empty() {
                 Ok(())
@@ -280,7 +287,7 @@ fn the_view_converges_end_to_end_on_moto_and_the_http_sandbox() {
         }
     }
     println!(
-        "convergence (moto + HTTP sandbox): {n} cases in {:.1} s, {invocations} invocations, {crashes} crashes or stalls",
+        "convergence (moto + HTTP sandbox): {n} cases in {:.1} s, {invocations} invocations, {crashes} crashes or stalls, clock moved {watchdog}× by the watchdog",
         started.elapsed().as_secs_f64()
     );
 }

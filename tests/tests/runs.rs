@@ -334,6 +334,206 @@ async fn run2_an_older_read_never_recreates_what_a_newer_read_removed() {
     assert!(rec.entitlements.is_empty(), "{rec:?}");
 }
 
+/// A directory API that holds listings of one group's members, one hold per arming: each call
+/// that takes a hold reads its page, signals `entered`, and waits for its own `release`.
+#[derive(Clone)]
+struct Holds {
+    inner: DirectApi,
+    group: String,
+    armed: Arc<Mutex<std::collections::VecDeque<Option<Hold>>>>,
+}
+
+/// (entered, release) of one paused listing.
+type Hold = (Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>);
+
+impl Holds {
+    /// The next members listing of the group pauses: (entered, release).
+    fn arm(&self) -> Hold {
+        let h = (
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        self.armed.lock().expect("lock").push_back(Some(h.clone()));
+        h
+    }
+
+    /// The next members listing of the group goes through (the one after it is what counts).
+    fn pass(&self) {
+        self.armed.lock().expect("lock").push_back(None);
+    }
+}
+
+impl DirectoryApi for Holds {
+    async fn get_directory(&self, d: &str, b: &CallBudget) -> Result<Option<DirInfo>, ApiError> {
+        self.inner.get_directory(d, b).await
+    }
+    async fn get_user(&self, d: &str, u: &str, b: &CallBudget) -> Result<Option<DirUser>, ApiError> {
+        self.inner.get_user(d, u, b).await
+    }
+    async fn get_group(&self, d: &str, g: &str, b: &CallBudget) -> Result<Option<DirGroup>, ApiError> {
+        self.inner.get_group(d, g, b).await
+    }
+    async fn user_groups(&self, d: &str, u: &str, b: &CallBudget) -> Result<Option<Vec<DirGroup>>, ApiError> {
+        self.inner.user_groups(d, u, b).await
+    }
+    async fn users_page(
+        &self,
+        d: &str,
+        l: Listing<'_>,
+        a: Option<&str>,
+        b: &CallBudget,
+    ) -> Result<Option<Page<DirUser>>, ApiError> {
+        let page = self.inner.users_page(d, l, a, b).await;
+        let hold = if matches!(l, Listing::Group(g) if g == self.group) {
+            self.armed.lock().expect("lock").pop_front().flatten()
+        } else {
+            None
+        };
+        if let Some((entered, release)) = hold {
+            entered.notify_one();
+            release.notified().await;
+        }
+        page
+    }
+    async fn groups_page(&self, d: &str, a: Option<&str>, b: &CallBudget) -> Result<Option<Page<DirGroup>>, ApiError> {
+        self.inner.groups_page(d, a, b).await
+    }
+}
+
+/// Run 2, for group marks: a worker that lost its lease must not clear the "changing" mark a
+/// newer worker set. A renames a group from one granting name to another (nothing to write for
+/// its members) and pauses on the member list; the group is renamed again, away from every rule,
+/// and B takes over and pauses part-way through carrying that. A then finishes its listing and
+/// clears the group's mark. Before: A cleared up to its clock, B's newer mark with it, and the
+/// members were `Granted` while B had not yet revoked them. Now a holder clears only the marks it
+/// knows of; the members stay `Unknown` until B is done, then `Denied`.
+#[tokio::test]
+async fn run2c_a_stale_holder_never_clears_a_newer_group_mark() {
+    let clock = ManualClock::at(EpochMillis(1_800_000_000_000));
+    let truth = Arc::new(Mutex::new(Store::default()));
+    let seeded = truth
+        .lock()
+        .expect("lock")
+        .seed(&SeedSpec::new("Marks").group("Platform Admins", 2), clock.now());
+    let (dir, gid, uid) = (
+        seeded.directory_id.clone(),
+        seeded.groups[0].id.clone(),
+        seeded.groups[0].user_ids[0].clone(),
+    );
+    let org = &seeded.organization_id;
+    let rules = Rules::parse(&format!(
+        r#"{{"organizations":{{"{org}":{{"by_group_name":{{"Platform Admins":["admin-console"],"Ops":["admin-console"]}}}}}}}}"#
+    ))
+    .expect("rules");
+    let state = MemState::new();
+    let queue = MemQueue::new(clock.clone(), Duration::from_secs(30), 100);
+    let api = Holds {
+        inner: DirectApi::new(truth.clone(), 100),
+        group: gid.clone(),
+        armed: Arc::default(),
+    };
+    let mut cfg = ProcessorConfig::with_rules(rules);
+    cfg.engine.chunk = Duration::from_secs(10);
+    cfg.engine.lease_grace = Duration::from_secs(1);
+    let p = Processor::new(api.clone(), MemClaims::new(), state.clone(), queue, clock.clone(), cfg);
+    let deadline = || clock.now().saturating_add(Duration::from_secs(60));
+    let reader = EntitlementReader::new(state.clone());
+    let decide = || async { reader.user(&dir, &uid).await.expect("read").decide("admin-console") };
+    p.engine()
+        .run(
+            &dir,
+            &[Request::Full { after: clock.now() }],
+            &Default::default(),
+            deadline(),
+        )
+        .await
+        .expect("initial");
+    assert_eq!(decide().await, Decision::Granted);
+
+    // A: a reconcile reads "Platform Admins" → "Ops" (still granted), marks the group changing,
+    // and pauses on its member list.
+    clock.advance(Duration::from_secs(1));
+    truth
+        .lock()
+        .expect("lock")
+        .rename_group(&gid, "Ops", clock.now())
+        .expect("rename");
+    let (a_in, a_go) = api.arm();
+    let full = [Request::Full { after: clock.now() }];
+    let asked = dsync::engine::Asked::default();
+    let a = p.engine().run(&dir, &full, &asked, deadline());
+    tokio::pin!(a);
+    tokio::select! {
+        _ = &mut a => panic!("A finished without pausing"),
+        _ = a_in.notified() => {}
+    }
+
+    // "Ops" → "Staff" (no rule). Once A's lease ran out, B takes over: it finishes A's run
+    // (recomputing the members for "Ops"), then reads the rename in a group job, marks the group
+    // changing and pauses while carrying it to the members.
+    clock.advance(Duration::from_secs(30));
+    truth
+        .lock()
+        .expect("lock")
+        .rename_group(&gid, "Staff", clock.now())
+        .expect("rename");
+    api.pass();
+    let (b_in, b_go) = api.arm();
+    let group_request = [Request::Group(gid.clone())];
+    let b = async {
+        // B's chunks until the one that paused on the member list has returned (the first may
+        // finish A's run).
+        loop {
+            let r = p.engine().run(&dir, &group_request, &asked, deadline()).await;
+            if api.armed.lock().expect("lock").is_empty() {
+                return r;
+            }
+        }
+    };
+    tokio::pin!(b);
+    tokio::select! {
+        _ = &mut a => panic!("A finished while paused"),
+        _ = &mut b => panic!("B finished without pausing"),
+        _ = b_in.notified() => {}
+    }
+    assert_eq!(decide().await, Decision::Unknown, "B is carrying the rename away");
+
+    // A goes on: its last member page needs no write, so nothing fences it before it clears.
+    a_go.notify_one();
+    let ran_a = tokio::select! {
+        r = &mut a => r,
+        _ = &mut b => panic!("B finished while paused"),
+    };
+    assert!(
+        matches!(ran_a, Ok(Ran::Failed { .. })),
+        "A's run ends fenced: {ran_a:?}"
+    );
+    let ctl = state.ctl(&dir).await.expect("ctl");
+    assert!(
+        ctl.propagating.contains_key(&gid),
+        "a stale holder cleared a newer holder's mark: {ctl:?}"
+    );
+    assert_eq!(
+        decide().await,
+        Decision::Unknown,
+        "the gate trusted the members while the rename away was still being applied"
+    );
+
+    // B finishes: revoked, and the mark is gone.
+    b_go.notify_one();
+    b.await.expect("B returns");
+    for _ in 0..5 {
+        if state.ctl(&dir).await.expect("ctl").propagating.is_empty() {
+            break;
+        }
+        p.engine()
+            .run(&dir, &[], &Default::default(), deadline())
+            .await
+            .expect("continue");
+    }
+    assert_eq!(decide().await, Decision::Denied);
+}
+
 // ------------------------------------------------------------------------------------- run 3
 
 /// A WorkOS that still answers for users after their directory was deleted.
