@@ -1,4 +1,4 @@
-"""Start moto's server with one local-only fix to its DynamoDB TransactWriteItems.
+"""Start moto's server with two local-only speed fixes to its DynamoDB.
 
 moto 5.2.5 deep-copies the whole table once for *every item* of a transaction (to roll back on
 failure), so a 100-item transaction on a 10,000-item table copies a million items, and a copy
@@ -6,22 +6,28 @@ taken while another request writes the same table fails with "dictionary changed
 iteration". The pipeline writes every fact in a transaction, so that made moto the bottleneck of
 every test and benchmark.
 
-The fix, applied to moto's own code at start-up (nothing of moto is copied into this repository):
-instead of copying tables, keep a copy of just the items the transaction names and put those back
+The fixes, applied to moto's own code at start-up (nothing of moto is copied into this repository):
+1. TransactWriteItems: instead of copying tables, keep a copy of just the items the transaction names and put those back
 if it fails (all-or-nothing, as before), and serialise DynamoDB writes with one lock so nothing
 interleaves with a transaction. Semantics are unchanged: all-or-nothing, same conditions, same
-errors; the cost of a transaction is its own size, not its table's. If moto's code no longer
-matches (another version), the server refuses to start rather than run unpatched.
+errors; the cost of a transaction is its own size, not its table's.
+2. Query on a table's own key: moto sorted *every item of the table* and then kept those of the
+asked partition, on every call (so each page of a 10,000-user directory cost the whole table); it
+now takes the partition's items directly (then sorts and filters them exactly as before).
+If moto's code no longer matches (another version), the server refuses to start rather than run
+unpatched.
 
 Usage: python scripts/moto_server.py -H 127.0.0.1 -p 4566   (the same flags as moto_server)
 """
 import copy
 import inspect
+import re
 import sys
 import textwrap
 import threading
 
 import moto.dynamodb.models as models
+import moto.dynamodb.models.table as tables
 from moto.server import main
 
 COPY = "copy.deepcopy("
@@ -85,6 +91,31 @@ def keeping_items(method):
     return run
 
 
+QUERY_SCAN = re.compile(
+    r"for item in self\.all_items\(\)\s*\n\s*if isinstance\(item, Item\) and item\.hash_key == hash_key"
+)
+
+
+def _partition(table, hash_key):
+    """The items of one partition (moto keeps them by hash key), without creating it."""
+    found = table.items.get(hash_key)
+    if found is None:
+        return []
+    return list(found.values()) if table.range_key_attr else [found]
+
+
+def patch_query() -> None:
+    source = textwrap.dedent(inspect.getsource(tables.Table.query))
+    if len(QUERY_SCAN.findall(source)) != 1:
+        sys.exit("moto_server.py: moto's Table.query is not the expected code; not starting")
+    env = dict(tables.__dict__)
+    env["_partition"] = _partition
+    scope: dict = {}
+    fixed = QUERY_SCAN.sub("for item in _partition(self, hash_key)\n if isinstance(item, Item)", source)
+    exec(compile(fixed, tables.__file__, "exec"), env, scope)
+    tables.Table.query = scope["query"]
+
+
 def patch() -> None:
     source = textwrap.dedent(inspect.getsource(models.DynamoDBBackend.transact_write_items))
     if source.count(COPY) != 1 or "original_table_state" not in source:
@@ -112,4 +143,5 @@ def patch() -> None:
 
 if __name__ == "__main__":
     patch()
+    patch_query()
     main(sys.argv[1:])

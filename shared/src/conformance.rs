@@ -606,6 +606,23 @@ async fn control_record<S: StateStore>(s: &S, dir: &str) {
         s.ctl(dir).await.expect("ctl").propagating,
         BTreeMap::from([("ga".to_string(), t(15))])
     );
+    // The group overflow mark: raised, never lowered; moot once a full read after it is applied.
+    for since in [80, 90, 85] {
+        s.change_ctl(dir, &CtlChange::GroupsOverflow { since: t(since) })
+            .await
+            .expect("overflow");
+    }
+    let c = s.ctl(dir).await.expect("ctl");
+    assert_eq!(
+        c.groups_overflow,
+        Some(t(90)),
+        "an older overflow never moves the mark back"
+    );
+    assert!(c.groups_overflowing(), "full read applied from 70 does not reflect 90");
+    s.change_ctl(dir, &CtlChange::FullApplied { at: t(91), cost: 2 })
+        .await
+        .expect("applied");
+    assert!(!s.ctl(dir).await.expect("ctl").groups_overflowing());
     // Organization, tombstone (first wins), last run.
     s.change_ctl(dir, &CtlChange::Organization("org_1".into()))
         .await

@@ -267,6 +267,7 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Engine<A, S, Q, K> 
                 && ctl.pending_groups.is_empty()
                 && ctl.propagating.is_empty()
                 && ctl.full.is_none()
+                && !ctl.groups_overflowing()
                 && ctl.full_applied_at.is_some()
             {
                 return Ok(Ran::Idle);
@@ -402,7 +403,13 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Engine<A, S, Q, K> 
         // control record, which stays far below DynamoDB's 400 KB item limit: past the bound a
         // reconcile is asked for instead.
         let pending_groups = ctl.map_or(0, |c| c.pending_groups.len());
-        if a.groups.len() + pending_groups > self.cfg.max_pending_groups {
+        let overflow = a.groups.len() + pending_groups > self.cfg.max_pending_groups;
+        if overflow {
+            // Not recorded one by one: recorded as an overflow (first, to fail closed), which
+            // keeps every group's members unknown to the gate until the full read is applied.
+            self.store
+                .change_ctl(dir, &CtlChange::GroupsOverflow { since: a.at })
+                .await?;
             a.groups.clear();
             let after = hint.unwrap_or(now).max(now);
             let f = a.full.get_or_insert(FullRequest { first: now, after });
@@ -703,6 +710,16 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
             mine.first = mine.first.min(f.first);
             mine.after = mine.after.max(f.after);
         }
+        // Group events recorded only as an overflow are reflected by a full read that begins
+        // after them: a running reconcile that began later will do; otherwise one is due (the
+        // request that came with the overflow may have been lost with a crash).
+        if let Some(since) = ctl.groups_overflow.filter(|_| ctl.groups_overflowing()) {
+            let covered = matches!(&self.fence.job,
+                Some(j) if j.kind == JobKind::Reconcile && EpochMillis(j.started_at) > since);
+            if !covered {
+                self.want_full(since.saturating_add(Duration::from_millis(1)));
+            }
+        }
         if self.full.is_none() {
             // (With a full read due, it covers the groups: they are drained when it begins.)
             self.pending_groups.extend(ctl.pending_groups.iter().cloned());
@@ -759,8 +776,23 @@ impl<A: DirectoryApi, S: StateStore, Q: WorkQueue, K: Clock> Chunk<'_, A, S, Q, 
             // pending in the control record (the gate keeps them unknown) until it is applied.
             self.users.clear();
             let groups: Vec<String> = std::mem::take(&mut self.pending_groups).into_iter().collect();
-            if !groups.is_empty() {
+            if groups.len() > self.e.cfg.max_pending_groups {
+                // Too many to mark one by one: every group's members are unknown to the gate
+                // until the full read is applied (set before the pending ones go: fail closed).
+                let since = self.now().saturating_sub(Duration::from_millis(1));
+                self.store
+                    .change_ctl(&self.dir, &CtlChange::GroupsOverflow { since })
+                    .await?;
                 self.store.drain(&self.dir, &[], &groups).await?;
+            } else if !groups.is_empty() {
+                // They stay pending in the control record (their members unknown to the gate);
+                // the full read marks them changing when it begins, and drains them then.
+                let keep = Absorb {
+                    groups,
+                    at: self.now(),
+                    ..Absorb::default()
+                };
+                self.store.absorb(&self.dir, &keep).await?;
             }
         }
         Ok(())

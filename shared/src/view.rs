@@ -85,7 +85,9 @@ impl UserView {
             // A group with an event received and not yet read, or whose change is still being
             // carried to its members (computed in the same millisecond as the change was seen
             // counts as before it).
-            ctl.pending_groups.contains(g)
+            // Group events too many to record one by one: any group may be one of them.
+            ctl.groups_overflowing()
+                || ctl.pending_groups.contains(g)
                 || ctl.propagating.get(g).is_some_and(|since| {
                     // A complete read that began after the change has carried it to everyone.
                     ctl.full_applied_at.is_none_or(|f| *since >= f) && u.computed_at.is_none_or(|c| c <= *since)

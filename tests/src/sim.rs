@@ -1179,16 +1179,18 @@ where
                     if users > 0
                         || c.pending_users_more
                         || !c.pending_groups.is_empty()
+                        || c.groups_overflowing()
                         || c.full.is_some()
                         || c.propagating
                             .values()
                             .any(|since| c.full_applied_at.is_none_or(|f| *since >= f))
                     {
                         problems.push(format!(
-                            "{d} at rest with work pending: {users} users (more: {}), {} groups, full {:?}, \
-                             groups still marked changing: {:?} (full applied from {:?})",
+                            "{d} at rest with work pending: {users} users (more: {}), {} groups (overflow {:?}), \
+                             full {:?}, groups still marked changing: {:?} (full applied from {:?})",
                             c.pending_users_more,
                             c.pending_groups.len(),
+                            c.groups_overflow,
                             c.full,
                             c.propagating,
                             c.full_applied_at

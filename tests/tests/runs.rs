@@ -836,6 +836,81 @@ async fn run5c_members_of_a_group_with_an_event_pending_are_unknown() {
     );
 }
 
+/// Run 5, for many groups: more group events at once than the control record keeps one by one
+/// (here over a cap of 1) while another worker holds the directory. Before: they were dropped in
+/// favour of a full read, and a group renamed away from a rule kept granting its members until
+/// that read listed it. Now the overflow is recorded and every group member is `Unknown` until
+/// the full read is applied.
+#[tokio::test]
+async fn run5d_group_events_beyond_the_cap_keep_members_unknown() {
+    let stack = Stack::new().await;
+    let seeded = stack.sandbox.seed_directory(
+        SeedSpec::new("Many groups")
+            .group("Platform Admins", 2)
+            .group("Engineering", 2),
+    );
+    let dir = seeded.directory_id.clone();
+    let uid = seeded.groups[0].user_ids[0].clone();
+    let mut cfg = config(&org_rule(&seeded.organization_id, "Platform Admins", "admin-console"));
+    cfg.engine.max_pending_groups = 1;
+    // The full read starts as soon as it is asked for (each redelivery would otherwise put it
+    // off, up to a minute).
+    cfg.engine.debounce_max = Duration::ZERO;
+    let p = stack.processor_with(stack.workos(), cfg);
+    reconcile(&p, &dir).await;
+    let reader = EntitlementReader::new(stack.state());
+    assert_eq!(
+        reader.user(&dir, &uid).await.expect("read").decide("admin-console"),
+        Decision::Granted
+    );
+    stack
+        .sandbox
+        .rename_group(&seeded.groups[0].id, "Former Admins")
+        .expect("rename");
+    stack
+        .sandbox
+        .rename_group(&seeded.groups[1].id, "Platform Engineering")
+        .expect("rename");
+    let batch: Vec<Record> = stack
+        .sandbox
+        .events()
+        .iter()
+        .filter(|e| e.event == "dsync.group.updated")
+        .map(record)
+        .collect();
+    assert_eq!(batch.len(), 2);
+    let held = hold(&stack, &dir).await;
+    let out = p.process_batch(&batch, minute()).await;
+    assert!(
+        out.iter().all(|o| matches!(o, RecordOutcome::Retry { .. })),
+        "handed over: {out:?}"
+    );
+    let ctl = stack.state().ctl(&dir).await.expect("ctl");
+    assert!(ctl.pending_groups.is_empty() && ctl.groups_overflowing(), "{ctl:?}");
+    let seen = reader.user(&dir, &uid).await.expect("read");
+    assert_eq!(
+        seen.decide("admin-console"),
+        Decision::Unknown,
+        "a member of a group renamed away kept the feature: {seen:?}"
+    );
+
+    held.release(&stack).await;
+    let mut done = 0;
+    for _ in 0..20 {
+        let out = p.process_batch(&batch, minute()).await;
+        done = out.iter().filter(|o| done_how(o).is_some()).count();
+        if done == batch.len() {
+            break;
+        }
+    }
+    assert_eq!(done, batch.len(), "applied in the end");
+    assert!(!stack.state().ctl(&dir).await.expect("ctl").groups_overflowing());
+    assert_eq!(
+        reader.user(&dir, &uid).await.expect("read").decide("admin-console"),
+        Decision::Denied
+    );
+}
+
 /// Run 5, at scale: users whose events are too many for one re-read each are left to a full
 /// read of the directory. Until that read is applied they stay `Unknown`: handing their work to
 /// the reconcile must not make the gate trust what is stored (deactivated users still granted).

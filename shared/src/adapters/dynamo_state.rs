@@ -285,6 +285,7 @@ pub mod codec {
                 AttributeValue::Ss(c.pending_groups.iter().cloned().collect()),
             );
         }
+        opt_n(&mut it, "groups_overflow_ms", c.groups_overflow);
         if let Some(f) = &c.full {
             it.insert("full_first_ms".into(), n(f.first.0));
             it.insert("full_after_ms".into(), n(f.after.0));
@@ -353,6 +354,7 @@ pub mod codec {
             pending_users: BTreeMap::new(),
             pending_users_more: false,
             pending_groups: set("pending_groups"),
+            groups_overflow: get_t(it, "groups_overflow_ms"),
             full,
             full_applied_at: get_t(it, "full_applied_ms"),
             propagating,
@@ -1076,6 +1078,16 @@ impl StateStore for DynamoStateStore {
                     None,
                     &[],
                     vec![(":t", n(t.0))],
+                )
+                .await?;
+            }
+            CtlChange::GroupsOverflow { since } => {
+                self.update(
+                    dir,
+                    "SET groups_overflow_ms = :t",
+                    Some("attribute_not_exists(groups_overflow_ms) OR groups_overflow_ms < :t"),
+                    &[],
+                    vec![(":t", n(since.0))],
                 )
                 .await?;
             }

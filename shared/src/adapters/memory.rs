@@ -478,6 +478,11 @@ impl StateStore for MemState {
                 c.deleted_at.get_or_insert(*t);
             }
             CtlChange::LastRun(r) => c.last_run = Some(r.clone()),
+            CtlChange::GroupsOverflow { since } => {
+                if c.groups_overflow.is_none_or(|t| t < *since) {
+                    c.groups_overflow = Some(*since);
+                }
+            }
         }
         Ok(())
     }

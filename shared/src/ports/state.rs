@@ -213,6 +213,10 @@ pub struct Ctl {
     pub pending_users_more: bool,
     /// Groups with an event received and not yet applied.
     pub pending_groups: BTreeSet<String>,
+    /// Group events came that are not recorded one by one (more than the record holds at once):
+    /// a directory-wide read that began after this time reflects them; until one is applied,
+    /// every member of any group is unknown to the gate. Raised, never lowered.
+    pub groups_overflow: Option<EpochMillis>,
     pub full: Option<FullRequest>,
     /// Start of the latest directory-wide read that is fully applied.
     pub full_applied_at: Option<EpochMillis>,
@@ -244,6 +248,12 @@ pub fn reflected(t: EpochMillis, applied_at: Option<EpochMillis>, full_applied_a
 }
 
 impl Ctl {
+    /// Are there group events recorded only as an overflow that no applied read reflects yet?
+    pub fn groups_overflowing(&self) -> bool {
+        self.groups_overflow
+            .is_some_and(|t| !reflected(t, None, self.full_applied_at))
+    }
+
     /// Is a request for this user pending that no applied read reflects yet? A read of the
     /// user (`applied_at`) or of the whole directory that began after the request reflects it.
     pub fn user_pending(&self, user_id: &str, applied_at: Option<EpochMillis>) -> bool {
@@ -277,6 +287,11 @@ pub enum CtlChange {
     },
     Deleted(EpochMillis),
     LastRun(RunSummary),
+    /// Group events not recorded one by one, from `since` (see [`Ctl::groups_overflow`]).
+    /// Monotonic: never moves back.
+    GroupsOverflow {
+        since: EpochMillis,
+    },
 }
 
 /// Which look-up a hash belongs to.
