@@ -39,7 +39,14 @@ start() {
 
 stop() {
   if [ -f "$EMU/moto-$PORT.pid" ]; then
-    kill "$(cat "$EMU/moto-$PORT.pid")" 2>/dev/null || true
+    local pid
+    pid="$(cat "$EMU/moto-$PORT.pid")"
+    kill "$pid" 2>/dev/null || true
+    # Gone before returning, so a `start` right after starts a new one (not the old, answering).
+    for _ in $(seq 1 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
     rm -f "$EMU/moto-$PORT.pid"
   fi
 }

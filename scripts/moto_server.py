@@ -12,8 +12,10 @@ if it fails (all-or-nothing, as before), and serialise DynamoDB writes with one 
 interleaves with a transaction. Semantics are unchanged: all-or-nothing, same conditions, same
 errors; the cost of a transaction is its own size, not its table's.
 2. Query on a table's own key: moto sorted *every item of the table* and then kept those of the
-asked partition, on every call (so each page of a 10,000-user directory cost the whole table); it
-now takes the partition's items directly (then sorts and filters them exactly as before).
+asked partition, on every call (so each page of a 10,000-user directory cost the whole table), and
+then sized every item of the partition on its way to the first one the key condition matches; it
+now takes the partition's items directly and applies the key condition's sort-key part before that
+walk (the same comparison moto makes inside it), then sorts, pages and filters exactly as before.
 If moto's code no longer matches (another version), the server refuses to start rather than run
 unpatched.
 
@@ -104,14 +106,38 @@ def _partition(table, hash_key):
     return list(found.values()) if table.range_key_attr else [found]
 
 
+def _narrow(items, index_name, last_range_key_name, range_comparison, range_objs):
+    """A table query's sort-key condition, applied before moto walks the partition (moto makes the
+    same comparison inside its walk, after sizing each item it passes)."""
+    if index_name or not range_comparison:
+        return items
+    if last_range_key_name:
+        kept = []
+        for i in items:
+            value = i.attrs.get(last_range_key_name)
+            if value and value.compare(range_comparison, range_objs):
+                kept.append(i)
+        return kept
+    return [i for i in items if i.range_key is not None and i.range_key.compare(range_comparison, range_objs)]
+
+
+FILTER = "\n    # FILTER\n"
+NARROW = (
+    "\n    possible_results = _narrow(possible_results, index_name, last_range_key_name,"
+    " range_comparison, range_objs)\n    # FILTER\n"
+)
+
+
 def patch_query() -> None:
     source = textwrap.dedent(inspect.getsource(tables.Table.query))
-    if len(QUERY_SCAN.findall(source)) != 1:
+    if len(QUERY_SCAN.findall(source)) != 1 or source.count(FILTER) != 1 or "last_range_key_name" not in source:
         sys.exit("moto_server.py: moto's Table.query is not the expected code; not starting")
     env = dict(tables.__dict__)
     env["_partition"] = _partition
+    env["_narrow"] = _narrow
     scope: dict = {}
     fixed = QUERY_SCAN.sub("for item in _partition(self, hash_key)\n if isinstance(item, Item)", source)
+    fixed = fixed.replace(FILTER, NARROW)
     exec(compile(fixed, tables.__file__, "exec"), env, scope)
     tables.Table.query = scope["query"]
 
