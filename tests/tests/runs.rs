@@ -198,142 +198,6 @@ async fn run1_a_partial_apply_is_resumed_not_counted_as_done() {
 
 // ------------------------------------------------------------------------------------- run 2
 
-/// A directory API that holds the first page of one group's members until released, as a slow
-/// or paused worker would: the page is read, its answer not yet applied.
-#[derive(Clone)]
-struct Held {
-    inner: DirectApi,
-    group: String,
-    entered: Arc<tokio::sync::Notify>,
-    release: Arc<tokio::sync::Notify>,
-    armed: Arc<Mutex<bool>>,
-}
-
-impl DirectoryApi for Held {
-    async fn get_directory(&self, d: &str, b: &CallBudget) -> Result<Option<DirInfo>, ApiError> {
-        self.inner.get_directory(d, b).await
-    }
-    async fn get_user(&self, d: &str, u: &str, b: &CallBudget) -> Result<Option<DirUser>, ApiError> {
-        self.inner.get_user(d, u, b).await
-    }
-    async fn get_group(&self, d: &str, g: &str, b: &CallBudget) -> Result<Option<DirGroup>, ApiError> {
-        self.inner.get_group(d, g, b).await
-    }
-    async fn user_groups(&self, d: &str, u: &str, b: &CallBudget) -> Result<Option<Vec<DirGroup>>, ApiError> {
-        self.inner.user_groups(d, u, b).await
-    }
-    async fn users_page(
-        &self,
-        d: &str,
-        l: Listing<'_>,
-        a: Option<&str>,
-        b: &CallBudget,
-    ) -> Result<Option<Page<DirUser>>, ApiError> {
-        let page = self.inner.users_page(d, l, a, b).await;
-        let hold =
-            matches!(l, Listing::Group(g) if g == self.group) && std::mem::take(&mut *self.armed.lock().expect("lock"));
-        if hold {
-            self.entered.notify_one();
-            self.release.notified().await;
-        }
-        page
-    }
-    async fn groups_page(&self, d: &str, a: Option<&str>, b: &CallBudget) -> Result<Option<Page<DirGroup>>, ApiError> {
-        self.inner.groups_page(d, a, b).await
-    }
-}
-
-/// Run 2 ("a refused stamp is ignored"): an older, slower group read that saw the user in the
-/// group must not re-create the membership after a newer user read found it gone. Shown to be
-/// impossible: the slow reader's lease is taken over while it is paused, so its write is refused
-/// as a whole (the fence); and each membership also keeps its own read time, so even a write
-/// that got through could not bring back the older fact (see `model`'s tests).
-#[tokio::test]
-async fn run2_an_older_read_never_recreates_what_a_newer_read_removed() {
-    let clock = ManualClock::at(EpochMillis(1_800_000_000_000));
-    let truth = Arc::new(Mutex::new(Store::default()));
-    let seeded = truth
-        .lock()
-        .expect("lock")
-        .seed(&SeedSpec::new("Race").group("Platform Admins", 2), clock.now());
-    let (dir, gid, uid) = (
-        seeded.directory_id.clone(),
-        seeded.groups[0].id.clone(),
-        seeded.groups[0].user_ids[0].clone(),
-    );
-    let rules = Rules::parse(&org_rule(&seeded.organization_id, "Platform Admins", "admin-console")).expect("rules");
-    let state = MemState::new();
-    let claims = MemClaims::new();
-    let queue = MemQueue::new(clock.clone(), Duration::from_secs(30), 100);
-    let held = Held {
-        inner: DirectApi::new(truth.clone(), 100),
-        group: gid.clone(),
-        entered: Arc::new(tokio::sync::Notify::new()),
-        release: Arc::new(tokio::sync::Notify::new()),
-        armed: Arc::new(Mutex::new(false)),
-    };
-    let mut cfg = ProcessorConfig::with_rules(rules);
-    cfg.engine.chunk = Duration::from_secs(10);
-    cfg.engine.lease_grace = Duration::from_secs(1);
-    let p = Processor::new(held.clone(), claims, state.clone(), queue, clock.clone(), cfg);
-    let deadline = || clock.now().saturating_add(Duration::from_secs(60));
-    // Initial full read.
-    p.engine()
-        .run(
-            &dir,
-            &[Request::Full { after: clock.now() }],
-            &Default::default(),
-            deadline(),
-        )
-        .await
-        .expect("initial");
-    assert!(state.users(&dir, std::slice::from_ref(&uid)).await.expect("read")[0]
-        .value
-        .is_member(&gid));
-
-    // Worker A re-reads the group (a group job) and is paused right after reading the page that
-    // lists the user.
-    *held.armed.lock().expect("lock") = true;
-    let group_request = [Request::Group(gid.clone())];
-    let asked = dsync::engine::Asked::default();
-    let a = p.engine().run(&dir, &group_request, &asked, deadline());
-    tokio::pin!(a);
-    tokio::select! {
-        _ = &mut a => panic!("worker A finished without pausing"),
-        _ = held.entered.notified() => {}
-    }
-    // Meanwhile the user leaves the group, and worker B applies that, once A's lease ran out.
-    truth
-        .lock()
-        .expect("lock")
-        .remove_member(&uid, &gid, clock.now())
-        .expect("remove");
-    clock.advance(Duration::from_secs(30));
-    let b = p
-        .engine()
-        .run(&dir, &[Request::User(uid.clone())], &Default::default(), deadline())
-        .await
-        .expect("worker B");
-    assert!(matches!(b, Ran::Worked(_)), "B must take over A's expired lease: {b:?}");
-    let after_b = state.users(&dir, std::slice::from_ref(&uid)).await.expect("read")[0]
-        .value
-        .clone();
-    assert!(!after_b.is_member(&gid) && after_b.entitlements.is_empty());
-
-    // A goes on with its older page: refused, and the newer fact stands.
-    held.release.notify_one();
-    let ran_a = a.await.expect("worker A returns");
-    assert!(
-        matches!(ran_a, Ran::Failed { ref error, .. } if error.contains("lease")),
-        "A's write must be fenced: {ran_a:?}"
-    );
-    let rec = state.users(&dir, std::slice::from_ref(&uid)).await.expect("read")[0]
-        .value
-        .clone();
-    assert!(!rec.is_member(&gid), "an older read re-created the membership: {rec:?}");
-    assert!(rec.entitlements.is_empty(), "{rec:?}");
-}
-
 /// A directory API that holds listings of one group's members, one hold per arming: each call
 /// that takes a hold reads its page, signals `entered`, and waits for its own `release`.
 #[derive(Clone)]
@@ -398,6 +262,95 @@ impl DirectoryApi for Holds {
     async fn groups_page(&self, d: &str, a: Option<&str>, b: &CallBudget) -> Result<Option<Page<DirGroup>>, ApiError> {
         self.inner.groups_page(d, a, b).await
     }
+}
+
+/// Run 2 ("a refused stamp is ignored"): an older, slower group read that saw the user in the
+/// group must not re-create the membership after a newer user read found it gone. Shown to be
+/// impossible: the slow reader's lease is taken over while it is paused, so its write is refused
+/// as a whole (the fence); and each membership also keeps its own read time, so even a write
+/// that got through could not bring back the older fact (see `model`'s tests).
+#[tokio::test]
+async fn run2_an_older_read_never_recreates_what_a_newer_read_removed() {
+    let clock = ManualClock::at(EpochMillis(1_800_000_000_000));
+    let truth = Arc::new(Mutex::new(Store::default()));
+    let seeded = truth
+        .lock()
+        .expect("lock")
+        .seed(&SeedSpec::new("Race").group("Platform Admins", 2), clock.now());
+    let (dir, gid, uid) = (
+        seeded.directory_id.clone(),
+        seeded.groups[0].id.clone(),
+        seeded.groups[0].user_ids[0].clone(),
+    );
+    let rules = Rules::parse(&org_rule(&seeded.organization_id, "Platform Admins", "admin-console")).expect("rules");
+    let state = MemState::new();
+    let claims = MemClaims::new();
+    let queue = MemQueue::new(clock.clone(), Duration::from_secs(30), 100);
+    let held = Holds {
+        inner: DirectApi::new(truth.clone(), 100),
+        group: gid.clone(),
+        armed: Arc::default(),
+    };
+    let mut cfg = ProcessorConfig::with_rules(rules);
+    cfg.engine.chunk = Duration::from_secs(10);
+    cfg.engine.lease_grace = Duration::from_secs(1);
+    let p = Processor::new(held.clone(), claims, state.clone(), queue, clock.clone(), cfg);
+    let deadline = || clock.now().saturating_add(Duration::from_secs(60));
+    // Initial full read.
+    p.engine()
+        .run(
+            &dir,
+            &[Request::Full { after: clock.now() }],
+            &Default::default(),
+            deadline(),
+        )
+        .await
+        .expect("initial");
+    assert!(state.users(&dir, std::slice::from_ref(&uid)).await.expect("read")[0]
+        .value
+        .is_member(&gid));
+
+    // Worker A re-reads the group (a group job) and is paused right after reading the page that
+    // lists the user.
+    let (entered, release) = held.arm();
+    let group_request = [Request::Group(gid.clone())];
+    let asked = dsync::engine::Asked::default();
+    let a = p.engine().run(&dir, &group_request, &asked, deadline());
+    tokio::pin!(a);
+    tokio::select! {
+        _ = &mut a => panic!("worker A finished without pausing"),
+        _ = entered.notified() => {}
+    }
+    // Meanwhile the user leaves the group, and worker B applies that, once A's lease ran out.
+    truth
+        .lock()
+        .expect("lock")
+        .remove_member(&uid, &gid, clock.now())
+        .expect("remove");
+    clock.advance(Duration::from_secs(30));
+    let b = p
+        .engine()
+        .run(&dir, &[Request::User(uid.clone())], &Default::default(), deadline())
+        .await
+        .expect("worker B");
+    assert!(matches!(b, Ran::Worked(_)), "B must take over A's expired lease: {b:?}");
+    let after_b = state.users(&dir, std::slice::from_ref(&uid)).await.expect("read")[0]
+        .value
+        .clone();
+    assert!(!after_b.is_member(&gid) && after_b.entitlements.is_empty());
+
+    // A goes on with its older page: refused, and the newer fact stands.
+    release.notify_one();
+    let ran_a = a.await.expect("worker A returns");
+    assert!(
+        matches!(ran_a, Ran::Failed { ref error, .. } if error.contains("lease")),
+        "A's write must be fenced: {ran_a:?}"
+    );
+    let rec = state.users(&dir, std::slice::from_ref(&uid)).await.expect("read")[0]
+        .value
+        .clone();
+    assert!(!rec.is_member(&gid), "an older read re-created the membership: {rec:?}");
+    assert!(rec.entitlements.is_empty(), "{rec:?}");
 }
 
 /// Run 2, for group marks: a worker that lost its lease must not clear the "changing" mark a
