@@ -72,6 +72,11 @@ fn done_how(o: &RecordOutcome) -> Option<&'static str> {
     }
 }
 
+/// What the gate answers for `admin-console` (the feature the runs' rules grant).
+async fn gate<S: StateStore>(reader: &EntitlementReader<S>, dir: &str, uid: &str) -> Decision {
+    reader.user(dir, uid).await.expect("read").decide("admin-console")
+}
+
 fn org_rule(org: &str, group_name: &str, ent: &str) -> String {
     format!(r#"{{"organizations":{{"{org}":{{"by_group_name":{{"{group_name}":["{ent}"]}}}}}}}}"#)
 }
@@ -391,7 +396,6 @@ async fn run2c_a_stale_holder_never_clears_a_newer_group_mark() {
     let p = Processor::new(api.clone(), MemClaims::new(), state.clone(), queue, clock.clone(), cfg);
     let deadline = || clock.now().saturating_add(Duration::from_secs(60));
     let reader = EntitlementReader::new(state.clone());
-    let decide = || async { reader.user(&dir, &uid).await.expect("read").decide("admin-console") };
     p.engine()
         .run(
             &dir,
@@ -401,7 +405,7 @@ async fn run2c_a_stale_holder_never_clears_a_newer_group_mark() {
         )
         .await
         .expect("initial");
-    assert_eq!(decide().await, Decision::Granted);
+    assert_eq!(gate(&reader, &dir, &uid).await, Decision::Granted);
 
     // A: a reconcile reads "Platform Admins" → "Ops" (still granted), marks the group changing,
     // and pauses on its member list.
@@ -449,7 +453,11 @@ async fn run2c_a_stale_holder_never_clears_a_newer_group_mark() {
         _ = &mut b => panic!("B finished without pausing"),
         _ = b_in.notified() => {}
     }
-    assert_eq!(decide().await, Decision::Unknown, "B is carrying the rename away");
+    assert_eq!(
+        gate(&reader, &dir, &uid).await,
+        Decision::Unknown,
+        "B is carrying the rename away"
+    );
 
     // A goes on: its last member page needs no write, so nothing fences it before it clears.
     a_go.notify_one();
@@ -467,7 +475,7 @@ async fn run2c_a_stale_holder_never_clears_a_newer_group_mark() {
         "a stale holder cleared a newer holder's mark: {ctl:?}"
     );
     assert_eq!(
-        decide().await,
+        gate(&reader, &dir, &uid).await,
         Decision::Unknown,
         "the gate trusted the members while the rename away was still being applied"
     );
@@ -484,7 +492,7 @@ async fn run2c_a_stale_holder_never_clears_a_newer_group_mark() {
             .await
             .expect("continue");
     }
-    assert_eq!(decide().await, Decision::Denied);
+    assert_eq!(gate(&reader, &dir, &uid).await, Decision::Denied);
 }
 
 // ------------------------------------------------------------------------------------- run 3
@@ -713,10 +721,7 @@ async fn run5_the_gate_fails_closed_while_an_event_is_pending() {
     let p = stack.processor(&org_rule(&seeded.organization_id, "Platform Admins", "admin-console"));
     reconcile(&p, &dir).await;
     let reader = EntitlementReader::new(stack.state());
-    assert_eq!(
-        reader.user(&dir, &uid).await.expect("read").decide("admin-console"),
-        Decision::Granted
-    );
+    assert_eq!(gate(&reader, &dir, &uid).await, Decision::Granted);
 
     // The user is deactivated; its event is received while another worker holds the directory.
     stack
@@ -738,10 +743,7 @@ async fn run5_the_gate_fails_closed_while_an_event_is_pending() {
     held.release(&stack).await;
     let out = p.process_batch(&[record(&ev)], minute()).await;
     assert_eq!(done_how(&out[0]), Some("applied"), "{out:?}");
-    assert_eq!(
-        reader.user(&dir, &uid).await.expect("read").decide("admin-console"),
-        Decision::Denied
-    );
+    assert_eq!(gate(&reader, &dir, &uid).await, Decision::Denied);
 }
 
 /// Run 5, for groups: a group event received while another worker holds the directory makes the
@@ -757,10 +759,7 @@ async fn run5c_members_of_a_group_with_an_event_pending_are_unknown() {
     let p = stack.processor(&org_rule(&seeded.organization_id, "Platform Admins", "admin-console"));
     reconcile(&p, &dir).await;
     let reader = EntitlementReader::new(stack.state());
-    assert_eq!(
-        reader.user(&dir, &uid).await.expect("read").decide("admin-console"),
-        Decision::Granted
-    );
+    assert_eq!(gate(&reader, &dir, &uid).await, Decision::Granted);
     stack
         .sandbox
         .rename_group(&seeded.groups[0].id, "Former Admins")
@@ -783,10 +782,7 @@ async fn run5c_members_of_a_group_with_an_event_pending_are_unknown() {
         }
     }
     assert!(how.is_some(), "applied in the end");
-    assert_eq!(
-        reader.user(&dir, &uid).await.expect("read").decide("admin-console"),
-        Decision::Denied
-    );
+    assert_eq!(gate(&reader, &dir, &uid).await, Decision::Denied);
 }
 
 /// Run 5, for many groups: more group events at once than the control record keeps one by one
@@ -812,10 +808,7 @@ async fn run5d_group_events_beyond_the_cap_keep_members_unknown() {
     let p = stack.processor_with(stack.workos(), cfg);
     reconcile(&p, &dir).await;
     let reader = EntitlementReader::new(stack.state());
-    assert_eq!(
-        reader.user(&dir, &uid).await.expect("read").decide("admin-console"),
-        Decision::Granted
-    );
+    assert_eq!(gate(&reader, &dir, &uid).await, Decision::Granted);
     stack
         .sandbox
         .rename_group(&seeded.groups[0].id, "Former Admins")
@@ -858,10 +851,7 @@ async fn run5d_group_events_beyond_the_cap_keep_members_unknown() {
     }
     assert_eq!(done, batch.len(), "applied in the end");
     assert!(!stack.state().ctl(&dir).await.expect("ctl").groups_overflowing());
-    assert_eq!(
-        reader.user(&dir, &uid).await.expect("read").decide("admin-console"),
-        Decision::Denied
-    );
+    assert_eq!(gate(&reader, &dir, &uid).await, Decision::Denied);
 }
 
 /// Run 5, at scale: users whose events are too many for one re-read each are left to a full
