@@ -9,26 +9,23 @@
 //! - adapters: [`adapters`] (`dynamo_*`, `workos`, `memory`) and [`queue`] (the receiver's SQS)
 //! - [`conformance`]: the suite every store adapter must pass
 
+pub use dsync_core::{clock, event, plan, rules, signature};
+
 pub mod adapters;
 pub mod aws;
-pub mod clock;
 pub mod config;
 pub mod conformance;
 pub mod engine;
-pub mod event;
 pub mod events_poller;
 pub mod model;
-pub mod plan;
 pub mod poller;
 pub mod ports;
 pub mod processor;
 pub mod queue;
 pub mod receiver;
-pub mod rules;
 pub mod scheduler;
 pub mod schema;
 pub mod secrets;
-pub mod signature;
 pub mod view;
 pub mod worker;
 

@@ -36,7 +36,4 @@ pub trait Outbox: Send + Sync + 'static {
     fn send_all(&self, messages: &[Outgoing]) -> impl Future<Output = Result<(), WorkQueueError>> + Send;
 }
 
-/// The message body of a continuation: `{"object":"dsync_continuation","directory_id":"…"}`.
-pub const CONTINUATION: &str = "dsync_continuation";
-/// The message body of a reconcile request: `{"object":"dsync_request","directory_id":"…","requested_at":…}`.
-pub const REQUEST: &str = "dsync_request";
+pub use dsync_core::plan::{CONTINUATION, REQUEST};

@@ -5,6 +5,11 @@ use serde::Deserialize;
 use crate::clock::EpochMillis;
 use crate::event::parse_created_at;
 
+/// The message body of a continuation: `{"object":"dsync_continuation","directory_id":"…"}`.
+pub const CONTINUATION: &str = "dsync_continuation";
+/// The message body of a reconcile request: `{"object":"dsync_request","directory_id":"…","requested_at":…}`.
+pub const REQUEST: &str = "dsync_request";
+
 /// A parsed event: its id, type, creation time and the ids it names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
@@ -112,8 +117,8 @@ pub fn parse_message(body: &str) -> Result<Message, PlanError> {
         let dir =
             || nonempty(own.directory_id.clone()).ok_or_else(|| PlanError::MissingId(own.object.clone(), "directory"));
         match own.object.as_str() {
-            crate::ports::queue::CONTINUATION => return Ok(Message::Continue { directory_id: dir()? }),
-            crate::ports::queue::REQUEST => {
+            CONTINUATION => return Ok(Message::Continue { directory_id: dir()? }),
+            REQUEST => {
                 return Ok(Message::Request {
                     directory_id: dir()?,
                     requested_at: own.requested_at.map(EpochMillis),
@@ -129,7 +134,7 @@ pub fn parse_message(body: &str) -> Result<Message, PlanError> {
 /// The body of a reconcile request.
 pub fn request_body(directory_id: &str, requested_at: EpochMillis) -> String {
     serde_json::json!({
-        "object": crate::ports::queue::REQUEST,
+        "object": REQUEST,
         "directory_id": directory_id,
         "requested_at": requested_at.0,
     })
@@ -139,7 +144,7 @@ pub fn request_body(directory_id: &str, requested_at: EpochMillis) -> String {
 /// The body of a purge request: WorkOS no longer lists the directory (the scheduler found it).
 pub fn purge_body(directory_id: &str, requested_at: EpochMillis) -> String {
     serde_json::json!({
-        "object": crate::ports::queue::REQUEST,
+        "object": REQUEST,
         "directory_id": directory_id,
         "requested_at": requested_at.0,
         "purge": true,
