@@ -4,6 +4,8 @@
 //! *hashes* of the user's e-mail and IdP id (computed by the adapter while parsing). E-mails and
 //! other personal attributes never enter these types, so they cannot be stored or logged.
 
+use crate::clock::EpochMillis;
+
 /// A user's state as WorkOS reports it (`active`, `inactive`, or something newer).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum UserState {
@@ -38,10 +40,12 @@ pub struct DirUser {
     pub id: String,
     pub directory_id: String,
     pub state: UserState,
-    /// [`crate::model::email_hash`] of the user's e-mail, if WorkOS gave one.
+    /// [`crate::facts::email_hash`] of the user's e-mail, if WorkOS gave one.
     pub email_hash: Option<String>,
-    /// [`crate::model::idp_hash`] of the user's IdP id.
+    /// [`crate::facts::idp_hash`] of the user's IdP id.
     pub idp_hash: Option<String>,
+    /// WorkOS's `updated_at`: the version of this object (membership changes do not move it).
+    pub updated_at: Option<EpochMillis>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +53,8 @@ pub struct DirGroup {
     pub id: String,
     pub directory_id: String,
     pub name: String,
+    /// WorkOS's `updated_at`: the version of this object.
+    pub updated_at: Option<EpochMillis>,
 }
 
 /// A directory as `GET /directories/{id}` reports it.

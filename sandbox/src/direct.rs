@@ -69,6 +69,7 @@ fn user(u: &User) -> DirUser {
         state: UserState::parse(u.state.as_str()),
         email_hash: Some(email_hash(&u.email)),
         idp_hash: Some(idp_hash(&u.idp_id)),
+        updated_at: Some(u.updated_at),
     }
 }
 
@@ -77,6 +78,7 @@ fn group(g: &Group) -> DirGroup {
         id: g.id.clone(),
         directory_id: g.directory_id.clone(),
         name: g.name.clone(),
+        updated_at: Some(g.updated_at),
     }
 }
 

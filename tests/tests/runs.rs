@@ -1082,6 +1082,7 @@ impl DirectoryApi for Foreign {
                 id: "directory_group_foreign".into(),
                 directory_id: "directory_someone_else".into(),
                 name: "Platform Admins".into(),
+                updated_at: None,
             });
         }
         Ok(r)

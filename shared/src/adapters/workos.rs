@@ -26,6 +26,7 @@ use crate::clock::{Clock, EpochMillis};
 use crate::directory::{
     ApiError, CallBudget, DirGroup, DirInfo, DirUser, DirectoryApi, DirectoryList, Listing, Page, UserState,
 };
+use crate::event::parse_created_at;
 use crate::model::{email_hash, idp_hash};
 use crate::ports::budget::{RateBudget, Unlimited};
 use crate::ports::events::{EventsApi, EventsCursor, RawEvent};
@@ -809,6 +810,8 @@ struct WireUser {
     emails: Vec<WireEmail>,
     #[serde(default)]
     idp_id: Option<String>,
+    #[serde(default)]
+    updated_at: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -836,6 +839,7 @@ impl From<WireUser> for DirUser {
             state: UserState::parse(&w.state),
             email_hash: email.as_deref().filter(|e| !e.trim().is_empty()).map(email_hash),
             idp_hash: w.idp_id.as_deref().filter(|i| !i.trim().is_empty()).map(idp_hash),
+            updated_at: w.updated_at.as_deref().and_then(parse_created_at),
         }
     }
 }
@@ -864,6 +868,8 @@ struct WireGroup {
     id: String,
     directory_id: String,
     name: String,
+    #[serde(default)]
+    updated_at: Option<String>,
 }
 
 impl From<WireGroup> for DirGroup {
@@ -872,6 +878,7 @@ impl From<WireGroup> for DirGroup {
             id: w.id,
             directory_id: w.directory_id,
             name: w.name,
+            updated_at: w.updated_at.as_deref().and_then(parse_created_at),
         }
     }
 }
@@ -1308,6 +1315,7 @@ mod tests {
                 state: UserState::Other("suspended".into()),
                 email_hash: Some(email_hash("A@b.c")),
                 idp_hash: None,
+                updated_at: None,
             }
         );
     }
